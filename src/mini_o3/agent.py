@@ -1,0 +1,123 @@
+"""The episode loop: one episode, or many at once, for every job (search, eval, collect, RL)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from mini_o3.data.sample import Sample
+from mini_o3.env import INFERENCE_LIMITS, Limits, TokenCounter, View, ZoomEnv
+from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, ResizePolicy
+from mini_o3.policies.base import Policy, PolicyError, SamplingParams
+from mini_o3.trajectory import Status, Trajectory, TurnRecord
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """Everything that shapes an episode besides the policy and the sample."""
+
+    limits: Limits = INFERENCE_LIMITS
+    """Turn, image and context budgets."""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    """How each turn is sampled."""
+    resize: ResizePolicy = field(default_factory=ResizePolicy)
+    """How the original and the crops are sized for the model."""
+    pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT
+    """Refuse originals larger than this many pixels."""
+
+
+@dataclass
+class Episode:
+    """A finished episode: its trajectory and the images it showed (view i is `observation_i`)."""
+
+    trajectory: Trajectory
+    views: list[View]
+    run: int = 0
+    """Which of K sampled runs of the same sample this is."""
+
+
+TurnCallback = Callable[[ZoomEnv, TurnRecord], None]
+
+
+def run_episode(
+    policy: Policy,
+    sample: Sample,
+    config: EpisodeConfig = EpisodeConfig(),
+    count_tokens: TokenCounter | None = None,
+    on_turn: TurnCallback | None = None,
+    run: int = 0,
+) -> Episode:
+    """Run one episode to its end; failures become an `error` status, never an exception."""
+    counter = count_tokens or getattr(policy, "count_tokens", None)
+    try:
+        env = ZoomEnv(sample, config.limits, config.resize, counter, config.pixel_limit)
+    except (ImageLoadError, ValueError) as error:
+        return Episode(_failed_trajectory(sample, str(error)), [], run)
+    while not env.done:
+        try:
+            generation = policy.generate(env.messages(), config.sampling)
+        except PolicyError as error:
+            env.fail(str(error))
+            break
+        except Exception as error:  # a policy bug must not take down a thousand-episode run
+            env.fail(f"{type(error).__name__}: {error}")
+            break
+        env.step(generation)
+        if on_turn is not None:
+            on_turn(env, env.trajectory.turns[-1])
+    env.trajectory.meta["run"] = run
+    return Episode(env.trajectory, env.views, run)
+
+
+def _failed_trajectory(sample: Sample, message: str) -> Trajectory:
+    return Trajectory(
+        sample_id=sample.id,
+        question=sample.question,
+        image=str(sample.image) if isinstance(sample.image, (str, Path)) else sample.image_name(),
+        image_size=(0, 0),
+        ground_truth=sample.answer,
+        options=dict(sample.options),
+        source=sample.source,
+        split=sample.split,
+        category=sample.category,
+        status=Status.ERROR,
+        error=message,
+    )
+
+
+def run_episodes(
+    policy: Policy,
+    jobs: Iterable[tuple[Sample, int]],
+    config: EpisodeConfig = EpisodeConfig(),
+    concurrency: int = 8,
+    count_tokens: TokenCounter | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[Episode]:
+    """Run (sample, run) jobs with up to `concurrency` episodes in flight; yield each as it finishes.
+
+    Each episode runs in its own thread and calls the policy one turn at a time: HTTP policies
+    overlap requests, and batching policies gather the concurrent calls into one generate.
+    Jobs are pulled lazily, so a long job list costs no memory up front.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    pending: set[Future[Episode]] = set()
+    job_iter = iter(jobs)
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode") as pool:
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < concurrency and not (stop and stop.is_set()):
+                try:
+                    sample, run = next(job_iter)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.add(pool.submit(run_episode, policy, sample, config, count_tokens, None, run))
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()

@@ -1,0 +1,130 @@
+"""The `mini-o3` command line: one command per job."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from mini_o3 import protocol
+from mini_o3.agent import EpisodeConfig, run_episode
+from mini_o3.data.sample import Sample
+from mini_o3.env import INFERENCE_LIMITS, ZoomEnv
+from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, open_image
+from mini_o3.policies.base import Policy, SamplingParams
+from mini_o3.trajectory import TurnRecord
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Vision-language agents that search high-resolution images by zooming.")
+console = Console()
+
+
+def build_policy(api: Optional[str], model: Optional[str], model_path: Optional[Path], api_key_env: str = "OPENAI_API_KEY") -> Policy:
+    """An HTTP policy for `--api URL[,URL...] --model NAME`, or a local one for `--model-path DIR`."""
+    if (api is None) == (model_path is None):
+        raise typer.BadParameter("give either --api URL --model NAME (a server) or --model-path DIR (a local checkpoint)")
+    if api is not None:
+        if not model:
+            raise typer.BadParameter("--api needs --model NAME (the model name the server serves)")
+        from mini_o3.policies.http import HttpPolicy
+
+        return HttpPolicy([url.strip() for url in api.split(",") if url.strip()], model=model, api_key_env=api_key_env)
+    from mini_o3.policies.local import LocalPolicy
+
+    return LocalPolicy(model_path)
+
+
+def print_config(title: str, config: object) -> None:
+    """Print a job's full configuration before it starts."""
+    console.print(f"[bold]{title}[/bold]")
+    console.print_json(json.dumps(asdict(config) if hasattr(config, "__dataclass_fields__") else config, default=str))
+
+
+def print_turn(env: ZoomEnv, turn: TurnRecord) -> None:
+    """Print one assistant turn and what the environment answered."""
+    number = len(env.trajectory.turns)
+    console.rule(f"turn {number} · {turn.kind}")
+    console.print(escape(turn.text.strip()) or "[dim](empty)[/dim]")
+    if turn.feedback == "observation":
+        view = env.trajectory.views[turn.view]
+        source = "original_image" if view.source == 0 else f"observation_{view.source}"
+        console.print(
+            f"[cyan]→ observation_{view.index}[/cyan]: {list(view.relative_box)} on {source} = pixels {list(view.box)} "
+            f"of the original, shown at {view.size[0]}x{view.size[1]}"
+        )
+    elif turn.feedback == "error":
+        console.print(f"[yellow]→ error shown to the model:[/yellow] {escape(turn.error or '')}")
+
+
+@app.command()
+def search(
+    image: Path = typer.Argument(..., help="The image to ask about."),
+    question: str = typer.Argument(..., help="The question."),
+    api: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL(s), comma-separated."),
+    model: Optional[str] = typer.Option(None, help="Model name on the server."),
+    model_path: Optional[Path] = typer.Option(None, help="A local Qwen2.5-VL-class checkpoint directory."),
+    max_turns: int = typer.Option(INFERENCE_LIMITS.max_turns, help="Assistant turns at most."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (the paper evaluates at 1.0)."),
+    max_new_tokens: int = typer.Option(8192, help="Tokens per turn at most."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
+    numbering: str = typer.Option("reference", help="Observation labels: reference (as the checkpoint was trained) or consistent."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the trajectory, the crops and boxes.png."),
+    image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help="Refuse images with more pixels than this."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+) -> None:
+    """Answer QUESTION about IMAGE by zooming, printing every turn."""
+    from mini_o3.draw import draw_zoom_boxes
+    from mini_o3.store import TrajectoryStore
+
+    if numbering not in ("reference", "consistent"):
+        raise typer.BadParameter("--numbering must be 'reference' or 'consistent'")
+    try:
+        original = open_image(image, image_pixel_limit)
+    except ImageLoadError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2)
+    policy = build_policy(api, model, model_path, api_key_env)
+    config = EpisodeConfig(
+        limits=replace(INFERENCE_LIMITS, max_turns=max_turns, numbering=numbering),
+        sampling=SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
+        pixel_limit=image_pixel_limit,
+    )
+    print_config("search", {"image": str(image), "question": question, **asdict(config)})
+    sample = Sample(id=image.stem, image=image, question=question, answer="")
+    episode = run_episode(policy, sample, config, on_turn=print_turn)
+    trajectory = episode.trajectory
+    console.rule("result")
+    console.print(f"status: [bold]{trajectory.status.value}[/bold] after {trajectory.num_turns} turns, {trajectory.num_zooms} zooms")
+    if trajectory.error:
+        console.print(f"[red]error:[/red] {escape(trajectory.error)}")
+    console.print(f"answer: [bold green]{escape(trajectory.answer or '(none)')}[/bold green]")
+    out = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+    store = TrajectoryStore(out)
+    store.add(episode)
+    draw_zoom_boxes(original, trajectory).save(out / "boxes.png")
+    console.print(f"wrote {store.path} and {out / 'boxes.png'}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes everything."),
+    seed: int = typer.Option(0, help="Seed of the whole run."),
+) -> None:
+    """Run the most complete real path there is, offline, on the tiny model."""
+    from mini_o3.demo import run_demo
+
+    run_demo(out, seed)
+
+
+def main() -> None:
+    """Entry point for `python -m mini_o3`."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -50,7 +50,13 @@ def run_episode(
     on_turn: TurnCallback | None = None,
     run: int = 0,
 ) -> Episode:
-    """Run one episode to its end; failures become an `error` status, never an exception."""
+    """Run one episode to its end; failures become an `error` status, never an exception.
+
+    A policy with a `bind(sample) -> Policy` method (the oracle, which reads the ground truth)
+    is bound to the sample first.
+    """
+    if hasattr(policy, "bind"):
+        policy = policy.bind(sample)
     counter = count_tokens or getattr(policy, "count_tokens", None)
     try:
         env = ZoomEnv(sample, config.limits, config.resize, counter, config.pixel_limit)

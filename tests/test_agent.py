@@ -1,0 +1,131 @@
+"""The episode loop: one episode, many at once, failures as statuses, and the store on disk."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mini_o3 import protocol
+from mini_o3.agent import EpisodeConfig, run_episode, run_episodes
+from mini_o3.data.sample import Sample
+from mini_o3.env import Limits
+from mini_o3.policies.base import Generation, PolicyError, SamplingParams
+from mini_o3.policies.scripted import ScriptedPolicy
+from mini_o3.store import TrajectoryStore
+from mini_o3.trajectory import Status
+
+ZOOM = protocol.render_zoom(protocol.Zoom((0.25, 0.25, 0.75, 0.75)))
+NESTED = protocol.render_zoom(protocol.Zoom((0.0, 0.0, 0.5, 0.5), "observation_1"))
+
+
+def make_samples(tmp_path: Path, count: int) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    samples = []
+    for index in range(count):
+        path = tmp_path / f"img_{index}.png"
+        Image.fromarray(rng.integers(0, 255, (300 + index, 400, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(id=f"q/{index}", image=path, question=f"question {index}?", answer=str(index)))
+    return samples
+
+
+def test_run_episode_with_a_scripted_policy(tmp_path: Path) -> None:
+    (sample,) = make_samples(tmp_path, 1)
+    seen = []
+    policy = ScriptedPolicy([f"<think>a</think>{ZOOM}", f"<think>b</think>{NESTED}", "<answer>0</answer>"])
+    episode = run_episode(policy, sample, on_turn=lambda env, turn: seen.append(turn.kind))
+    assert episode.trajectory.status is Status.ANSWERED and episode.trajectory.answer == "0"
+    assert seen == ["zoom", "zoom", "answer"]
+    assert [view.index for view in episode.views] == [0, 1, 2]
+    # A box on observation_1 composes with observation_1's box in the original.
+    assert episode.trajectory.views[1].box == (100, 75, 300, 225)
+    assert episode.trajectory.views[2].box == (100, 75, 200, 150)
+
+
+class FailingPolicy:
+    """A policy whose server dies after `ok_turns` turns."""
+
+    def __init__(self, ok_turns: int, error: Exception) -> None:
+        self.ok_turns, self.error = ok_turns, error
+
+    def generate(self, messages, sampling: SamplingParams) -> Generation:
+        if protocol_turns(messages) >= self.ok_turns:
+            raise self.error
+        return Generation(ZOOM)
+
+
+def protocol_turns(messages) -> int:
+    return sum(message["role"] == "assistant" for message in messages)
+
+
+@pytest.mark.parametrize("error", [PolicyError("cannot reach http://127.0.0.1:9/v1"), KeyError("bug in a policy")])
+def test_policy_failures_become_error_status_keeping_turns(tmp_path: Path, error: Exception) -> None:
+    (sample,) = make_samples(tmp_path, 1)
+    episode = run_episode(FailingPolicy(2, error), sample)
+    assert episode.trajectory.status is Status.ERROR
+    assert episode.trajectory.num_turns == 2
+    assert str(error).strip("'") in episode.trajectory.error
+
+
+def test_a_missing_image_is_an_error_episode(tmp_path: Path) -> None:
+    sample = Sample(id="gone", image=tmp_path / "gone.jpg", question="q", answer="a")
+    episode = run_episode(ScriptedPolicy(["<answer>a</answer>"]), sample)
+    assert episode.trajectory.status is Status.ERROR and "gone.jpg" in episode.trajectory.error
+
+
+class SlowCountingPolicy:
+    """Answers after one zoom, sleeping to overlap episodes, and records peak concurrency."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    def generate(self, messages, sampling: SamplingParams) -> Generation:
+        import time
+
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        time.sleep(0.02)
+        with self.lock:
+            self.in_flight -= 1
+        question = messages[1]["content"][1]["text"].strip()
+        if protocol_turns(messages) == 0:
+            return Generation(ZOOM)
+        return Generation(f"<answer>{question.split()[1].rstrip('?')}</answer>")
+
+
+def test_run_episodes_concurrently(tmp_path: Path) -> None:
+    samples = make_samples(tmp_path, 12)
+    policy = SlowCountingPolicy()
+    jobs = [(sample, run) for sample in samples for run in range(2)]
+    episodes = list(run_episodes(policy, jobs, concurrency=6))
+    assert len(episodes) == 24
+    assert {(e.trajectory.sample_id, e.run) for e in episodes} == {(s.id, r) for s, r in jobs}
+    assert all(e.trajectory.answer == e.trajectory.ground_truth for e in episodes)
+    assert 2 <= policy.peak <= 6
+
+
+def test_stop_event_stops_taking_jobs(tmp_path: Path) -> None:
+    samples = make_samples(tmp_path, 5)
+    stop = threading.Event()
+    stop.set()
+    assert list(run_episodes(ScriptedPolicy(["<answer>x</answer>"]), [(s, 0) for s in samples], stop=stop)) == []
+
+
+def test_store_saves_views_and_resume_keys(tmp_path: Path) -> None:
+    samples = make_samples(tmp_path, 2)
+    store = TrajectoryStore(tmp_path / "run")
+    policy = ScriptedPolicy([ZOOM, "<answer>1</answer>"])
+    config = EpisodeConfig(limits=Limits(max_turns=4))
+    for episode in run_episodes(policy, [(samples[0], 0), (samples[1], 3)], config):
+        store.add(episode)
+    loaded = {t.sample_id: t for t in store.load()}
+    assert store.finished_keys() == {("q/0", 0), ("q/1", 3)}
+    view = loaded["q/1"].views[1]
+    assert view.file and (store.root / view.file).is_file()
+    assert Image.open(store.root / view.file).size == tuple(view.size)

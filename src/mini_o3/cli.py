@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mini_o3 import protocol
 from mini_o3.agent import EpisodeConfig, run_episode
 from mini_o3.data.sample import Sample
 from mini_o3.env import INFERENCE_LIMITS, ZoomEnv
@@ -108,6 +107,37 @@ def search(
     store.add(episode)
     draw_zoom_boxes(original, trajectory).save(out / "boxes.png")
     console.print(f"wrote {store.path} and {out / 'boxes.png'}")
+
+
+@app.command()
+def serve(
+    model_path: Path = typer.Option(..., help="A local Qwen2.5-VL-class checkpoint directory to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    name: str = typer.Option("mini-o3", help="The model name the server reports."),
+    api_key_env: Optional[str] = typer.Option(None, help="Require the key in this environment variable from clients."),
+) -> None:
+    """Serve a local checkpoint as an OpenAI-compatible chat-completions server."""
+    import os
+
+    from mini_o3.policies.local import LocalPolicy
+    from mini_o3.serve import serve_forever
+
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    serve_forever(LocalPolicy(model_path), host=host, port=port, model=name, api_key=api_key)
+
+
+@app.command()
+def tiny(
+    out: Path = typer.Argument(..., help="Where to write the checkpoint."),
+    seed: int = typer.Option(0, help="Weight seed."),
+    size: str = typer.Option("tiny", help="tiny (about 1.5M parameters) or small."),
+) -> None:
+    """Build a tiny random Qwen2.5-VL checkpoint (model, tokenizer, processor) offline."""
+    from mini_o3.tiny import build_tiny
+
+    path = build_tiny(out, seed=seed, size=size)
+    console.print(f"wrote a tiny Qwen2.5-VL checkpoint to {path}")
 
 
 @app.command()

@@ -40,6 +40,8 @@ ERROR_TAIL = (
     "Please analyze the error information obtained from the function tool and adjust your "
     "response. Countinue your reasoning process inside <think> and </think>."
 )
+MULTIPLE_CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+"""V* Bench's own closing line for multiple-choice questions; we use it for every MC benchmark."""
 ACTION_EXAMPLE = '<grounding>{"bbox_2d": [x0, y0, x1, y1], "source": "original_image"}</grounding>'
 
 Numbering = Literal["reference", "consistent"]

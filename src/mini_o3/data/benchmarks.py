@@ -37,7 +37,7 @@ from typing import Any
 from mini_o3.data.sample import Sample
 from mini_o3.protocol import question_from_problem
 
-MULTIPLE_CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+from mini_o3.protocol import MULTIPLE_CHOICE_INSTRUCTION  # noqa: E402  (re-exported)
 """The last line of every multiple-choice question (V* Bench's own wording)."""
 
 CACHE_ENV = "MINI_O3_CACHE"

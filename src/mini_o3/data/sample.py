@@ -11,8 +11,8 @@ from typing import Any
 class Sample:
     """A question about one image, with its ground truth.
 
-    `image` is a path (loaded lazily by the environment) or an in-memory PIL image for data
-    that ships images inline (HR-Bench's base64 column). `options` holds multiple-choice
+    `image` is a path (loaded lazily by the environment; HR-Bench's base64 images are decoded
+    once into a cache folder) or an in-memory PIL image. `options` holds multiple-choice
     texts keyed by letter ("A" -> "red"); the question text already lists them, as the
     benchmarks write it. `boxes` are target boxes in original-image pixels (x0, y0, x1, y1).
     """

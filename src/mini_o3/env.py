@@ -70,6 +70,21 @@ def approximate_tokens(text: str) -> int:
     return len(text.encode("utf-8")) * 2 // 7 + 1
 
 
+def message_tokens(
+    messages: list[dict[str, Any]], count_tokens: TokenCounter, image_size: Callable[[Any], tuple[int, int]]
+) -> int:
+    """Context tokens of chat messages: 5 of chat markup each, text by `count_tokens`, images by shown size."""
+    total = 0
+    for message in messages:
+        total += 5  # <|im_start|>role\n ... <|im_end|>\n
+        for part in message["content"]:
+            if part["type"] == "image":
+                total += image_tokens(*image_size(part["image"]))
+            else:
+                total += count_tokens(part["text"])
+    return total
+
+
 class View:
     """An image shown to the model, with its box in the original and a cached encoding."""
 
@@ -139,15 +154,7 @@ class ZoomEnv:
         return list(self._messages)
 
     def _prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
-        total = 0
-        for message in messages:
-            total += 5  # <|im_start|>role\n ... <|im_end|>\n
-            for part in message["content"]:
-                if part["type"] == "image":
-                    total += image_tokens(*part["image"].image.size)
-                else:
-                    total += self.count_tokens(part["text"])
-        return total
+        return message_tokens(messages, self.count_tokens, lambda view: view.image.size)
 
     # ------------------------------------------------------------ stepping
 

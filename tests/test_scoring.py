@@ -1,0 +1,193 @@
+"""Rule-based scoring: realistic predictions for multiple choice and open answers, hits and near misses."""
+
+from __future__ import annotations
+
+import pytest
+
+from mini_o3.scoring import Score, normalize_answer, score_answer, score_trajectory
+from mini_o3.trajectory import Status, Trajectory
+
+GLOVE = {"A": "rubber", "B": "cotton", "C": "kevlar", "D": "leather"}
+CARS = {"A": "blue car", "B": "red car", "C": "green truck", "D": "3"}
+SIDES = {"A": "left", "B": "right"}
+LETTERS = {"A": "K", "B": "X"}
+MME = {"A": "(A) 12", "B": "(B) 15", "C": "(C) 20", "D": "(D) 25", "E": "(E) The image does not feature the answer"}
+
+# (prediction, ground truth, options, correct, matched_by)
+CHOICE_CASES = [
+    ("B", "B", GLOVE, True, "letter"),
+    ("b", "B", GLOVE, True, "letter"),
+    ("(B)", "B", GLOVE, True, "letter"),
+    ("[B]", "B", GLOVE, True, "letter"),
+    ("B.", "B", GLOVE, True, "letter"),
+    ("B)", "B", GLOVE, True, "letter"),
+    ("(B).", "B", GLOVE, True, "letter"),
+    (" B \n", "B", GLOVE, True, "letter"),
+    ("**B**", "B", GLOVE, True, "letter"),
+    ("\\boxed{B}", "B", GLOVE, True, "letter"),
+    ("Option B", "B", GLOVE, True, "letter"),
+    ("Answer: B", "B", GLOVE, True, "letter"),
+    ("The answer is (B).", "B", GLOVE, True, "letter"),
+    ("The correct option is B", "B", GLOVE, True, "letter"),
+    ("(B) cotton", "B", GLOVE, True, "letter"),
+    ("B. cotton", "B", GLOVE, True, "letter"),
+    ("B: Cotton.", "B", GLOVE, True, "letter"),
+    ("(B) cotton gloves", "B", GLOVE, True, "letter"),
+    ("cotton", "B", GLOVE, True, "option_text"),
+    ("Cotton.", "B", GLOVE, True, "option_text"),
+    ("The answer is cotton", "B", GLOVE, True, "option_text"),
+    ("A", "B", GLOVE, False, "letter"),
+    ("(A) rubber", "B", GLOVE, False, "letter"),
+    ("rubber", "B", GLOVE, False, "option_text"),
+    ("(B) rubber", "B", GLOVE, False, "letter"),
+    ("(A) rubber or (B) cotton", "A", GLOVE, False, "letter"),
+    ("(B) cotton or (A) rubber", "B", GLOVE, False, "letter"),
+    ("E", "B", GLOVE, False, "letter"),
+    ("A and B", "B", GLOVE, False, "none"),
+    ("I think it is B because the texture looks soft", "B", GLOVE, False, "none"),
+    ("cotton gloves", "B", GLOVE, False, "none"),
+    ("A red car", "B", CARS, True, "option_text"),
+    ("A red car", "A", CARS, False, "option_text"),
+    ("A blue car", "A", CARS, True, "option_text"),
+    ("three", "D", CARS, True, "option_text"),
+    ("3.0", "D", CARS, True, "option_text"),
+    ("red car", "red car", CARS, True, "option_text"),
+    ("B", "red car", CARS, True, "letter"),
+    ("left", "A", SIDES, True, "option_text"),
+    ("The object is on the left side", "A", SIDES, False, "none"),
+    ("(C) 20", "C", MME, True, "letter"),
+    ("20", "C", MME, True, "option_text"),
+    ("15", "C", MME, False, "option_text"),
+    ("The image does not feature the answer", "E", MME, True, "option_text"),
+    ("B", "(B)", GLOVE, True, "letter"),
+    ("Ｂ", "B", GLOVE, True, "letter"),
+    ("X", "B", LETTERS, True, "option_text"),
+    ("(B) X", "B", LETTERS, True, "letter"),
+    ("Q", "B", LETTERS, False, "letter"),
+    ("Cotton (B)", "B", GLOVE, False, "none"),
+    ("B. The gloves look like cotton", "B", GLOVE, True, "letter"),
+    ("Final answer: (C)", "B", GLOVE, False, "letter"),
+]
+
+# (prediction, ground truth, correct, matched_by)
+OPEN_CASES = [
+    ("red", "red", True, "exact"),
+    ("Red.", "red", True, "exact"),
+    ("RED", "Red", True, "exact"),
+    ("The red one", "red one", True, "exact"),
+    ("the cat", "Cat", True, "exact"),
+    ("An apple", "apple", True, "exact"),
+    ("The answer is blue.", "blue", True, "exact"),
+    ("Answer: stop", "STOP", True, "exact"),
+    ("café", "Cafe", True, "exact"),
+    ("3", "three", True, "number"),
+    ("Three", "3", True, "number"),
+    ("3.0", "3", True, "number"),
+    ("3.50", "3.5", True, "number"),
+    ("+7", "7", True, "number"),
+    ("twenty-one", "21", True, "number"),
+    ("1,000", "1000", True, "exact"),
+    ("three cars", "3 cars", True, "number"),
+    ("0", "zero", True, "number"),
+    ("cars", "car", True, "plural"),
+    ("two cats", "2 cat", True, "plural"),
+    ("50%", "50 percent", True, "exact"),
+    ("50", "50%", False, "none"),
+    ("-3", "3", False, "none"),
+    ("3.1", "3", False, "none"),
+    ("4", "three", False, "none"),
+    ("glasses", "glass", False, "none"),
+    ("bus", "bu", False, "none"),
+    ("boxes", "box", False, "none"),
+    ("a red car", "red", False, "none"),
+    ("Yes, it is.", "yes", False, "none"),
+    ("no", "yes", False, "none"),
+    ("not red", "red", False, "none"),
+    ("plan A", "plan", False, "none"),
+    ("the", "a", False, "none"),
+    ("31", "thirty", False, "none"),
+    ("one hundred", "100", False, "none"),
+    ("STOP", "The sign says STOP", False, "none"),
+]
+
+# The ground truth is a bare letter and the options live only in the question text (V*'s JSONL).
+LETTER_ONLY_CASES = [
+    ("A", "A", True, "letter"),
+    ("(a)", "A", True, "letter"),
+    ("The answer is (A) rubber", "A", True, "letter"),
+    ("B", "A", False, "letter"),
+    ("A red glove", "A", False, "none"),
+]
+
+
+@pytest.mark.parametrize(("predicted", "truth", "options", "correct", "matched_by"), CHOICE_CASES)
+def test_multiple_choice(predicted: str, truth: str, options: dict[str, str], correct: bool, matched_by: str) -> None:
+    score = score_answer(predicted, truth, options)
+    assert (score.correct, score.matched_by) == (correct, matched_by), score
+
+
+@pytest.mark.parametrize(("predicted", "truth", "correct", "matched_by"), OPEN_CASES)
+def test_open_answers(predicted: str, truth: str, correct: bool, matched_by: str) -> None:
+    score = score_answer(predicted, truth, None)
+    assert (score.correct, score.matched_by) == (correct, matched_by), score
+
+
+@pytest.mark.parametrize(("predicted", "truth", "correct", "matched_by"), LETTER_ONLY_CASES)
+def test_letter_only_ground_truth(predicted: str, truth: str, correct: bool, matched_by: str) -> None:
+    score = score_answer(predicted, truth, {})
+    assert (score.correct, score.matched_by) == (correct, matched_by), score
+
+
+def test_no_answer_and_empty_answer_are_wrong() -> None:
+    assert score_answer(None, "B", GLOVE) == Score(False, None, "none", "the episode gave no answer")
+    assert score_answer("   ", "red", None).correct is False
+    assert score_answer("", "B", GLOVE).extracted == ""
+
+
+def test_extracted_is_the_letter_or_the_normalised_text() -> None:
+    assert score_answer("(B) cotton", "B", GLOVE).extracted == "B"
+    assert score_answer("Cotton.", "B", GLOVE).extracted == "B"
+    assert score_answer("rubber", "B", GLOVE).extracted == "A"
+    assert score_answer("The Red  Car!", "red car", None).extracted == "red car"
+    assert score_answer("Twenty-one apples", "21 apples", None).extracted == "21 apples"
+
+
+def test_reasons_say_what_happened() -> None:
+    assert "right one is B" in score_answer("A", "B", GLOVE).reason
+    assert "option C" in score_answer("(B) kevlar", "B", GLOVE).reason
+    assert "not one of the options" in score_answer("F", "B", GLOVE).reason
+
+
+def test_bad_ground_truth_names_the_fix() -> None:
+    with pytest.raises(ValueError, match="neither an option letter"):
+        score_answer("A", "F", GLOVE)
+    with pytest.raises(ValueError, match="'silk'"):
+        score_answer("A", "silk", GLOVE)
+
+
+def test_normalize_answer() -> None:
+    assert normalize_answer("The  Twenty-Five RED cars!") == "25 red cars"
+    assert normalize_answer("1,250.50 km") == "1250.5 km"
+    assert normalize_answer("A") == "a"
+    assert normalize_answer("Plan A.") == "plan a"
+    assert normalize_answer("-0.0") == "0"
+    assert normalize_answer("2-3 people, -4 degrees") == "2 3 people -4 degrees"
+
+
+def test_score_round_trips_through_a_dict() -> None:
+    score = score_answer("three", "3", None)
+    assert Score.from_dict(score.to_dict()) == score
+
+
+def test_score_trajectory_uses_the_recorded_answer_and_options() -> None:
+    trajectory = Trajectory(
+        sample_id="v0", question="q", image="x.jpg", image_size=(10, 10), ground_truth="B",
+        options=dict(GLOVE), status=Status.ANSWERED, answer="(B)",
+    )
+    assert score_trajectory(trajectory).correct
+    trajectory.answer = None
+    assert not score_trajectory(trajectory).correct
+
+
+def test_there_are_enough_realistic_cases() -> None:
+    assert len(CHOICE_CASES) + len(OPEN_CASES) + len(LETTER_ONLY_CASES) >= 40

@@ -1,0 +1,487 @@
+"""A local transformers policy for Qwen2.5-VL-class models, with dynamic batching across threads.
+
+Prompts are rendered by `protocol.render_messages` (byte-identical to the Qwen2.5-VL chat
+template), tokenised, and each image's single `<|image_pad|>` is expanded to the number of
+tokens the image processor gives it ((h/28) * (w/28) for merge size 2). `mm_token_type_ids`
+marks the image tokens so the model uses its multimodal rotary positions.
+
+Many episode threads call `generate` at once; one background worker gathers concurrent calls
+(up to `max_batch_size`, waiting at most `batch_wait_ms` after the first) and runs a single
+left-padded `model.generate` for them. Sampling is done per row by our own logits processor,
+so each request keeps its own temperature, top-p, seed, stop strings and token limit inside a
+shared batch, and a seeded request gives the same tokens whether it ran alone or batched.
+
+`Generation.logprobs` are the raw model's log-probabilities of each generated token: the
+log-softmax of the unprocessed logits at temperature 1, before token suppression, temperature
+and top-p. That is the quantity a GRPO ratio needs, whatever temperature sampled the turn.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from mini_o3 import protocol
+from mini_o3.images import open_image
+from mini_o3.policies.base import Generation, PolicyError, SamplingParams
+
+SUPPRESSED_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+"""Tokens a policy must never write (a random model would otherwise sample them)."""
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+"""Tokens that end a turn; they are counted and returned in `token_ids` but not in the text."""
+
+
+@dataclass
+class EncodedPrompt:
+    """A conversation as model inputs: token ids with expanded image pads, and the images' patches."""
+
+    input_ids: list[int]
+    pixel_values: torch.Tensor | None = None
+    """(patches, 1176) float32 for all images, in order; None without images."""
+    image_grid_thw: torch.Tensor | None = None
+    """(images, 3): the (t, h, w) patch grid of each image."""
+    image_token_id: int = -1
+
+    def mm_token_type_ids(self) -> list[int]:
+        """1 where the token is an image pad, else 0."""
+        return [1 if token == self.image_token_id else 0 for token in self.input_ids]
+
+
+class PromptEncoder:
+    """Renders protocol messages and turns them into model inputs; safe to use from many threads."""
+
+    def __init__(self, tokenizer: Any, image_processor: Any, image_cache_bytes: int = 512 * 2**20) -> None:
+        from tokenizers import Tokenizer
+
+        # A private copy of the Rust tokenizer: the transformers wrapper changes padding and
+        # truncation state on every call, which is not safe across threads.
+        self._backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self._backend.no_padding()
+        self._backend.no_truncation()
+        self.image_processor = image_processor
+        self.merge_size = int(getattr(image_processor, "merge_size", 2))
+        self.image_token_id = _token_id(tokenizer, "<|image_pad|>")
+        self._cache: OrderedDict[int, tuple[weakref.ref, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = image_cache_bytes
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` (special tokens written in it count as one each)."""
+        return len(self._backend.encode(text, add_special_tokens=False).ids)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of `text`, with no image expansion."""
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Text of token ids."""
+        return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """`<|image_pad|>` tokens the processor spends on an image of this size (markers excluded)."""
+        patches = self.image_processor.get_number_of_image_patches(height, width, {})
+        return patches // self.merge_size**2
+
+    def encode(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> EncodedPrompt:
+        """Model inputs for `messages` as `protocol.render_messages` renders them."""
+        text = protocol.render_messages(messages, add_generation_prompt)
+        images = [_pil_image(part["image"]) for message in messages for part in message["content"] if part["type"] == "image"]
+        ids = self.encode_text(text)
+        pads = sum(1 for token in ids if token == self.image_token_id)
+        if pads != len(images):
+            raise PolicyError(
+                f"the prompt holds {pads} <|image_pad|> tokens for {len(images)} images; "
+                "message text must not contain the literal <|image_pad|>"
+            )
+        if not images:
+            return EncodedPrompt(ids, image_token_id=self.image_token_id)
+        features = [self._image_features(image) for image in images]
+        expanded: list[int] = []
+        counts = iter(int(grid.prod()) // self.merge_size**2 for _, grid in features)
+        for token in ids:
+            if token == self.image_token_id:
+                expanded.extend([token] * next(counts))
+            else:
+                expanded.append(token)
+        pixel_values = torch.cat([values for values, _ in features])
+        grid_thw = torch.stack([grid for _, grid in features])
+        return EncodedPrompt(expanded, pixel_values, grid_thw, self.image_token_id)
+
+    def _image_features(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        key = id(image)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0]() is image:
+                self._cache.move_to_end(key)
+                return hit[1], hit[2]
+        output = self.image_processor(images=[image], return_tensors="pt")
+        values, grid = output["pixel_values"].float(), output["image_grid_thw"][0].long()
+        size = values.numel() * values.element_size()
+        if size <= self._cache_limit:
+            with self._lock:
+                old = self._cache.pop(key, None)
+                if old is not None:
+                    self._cache_bytes -= old[1].numel() * old[1].element_size()
+                self._cache[key] = (weakref.ref(image), values, grid)
+                self._cache_bytes += size
+                while self._cache_bytes > self._cache_limit:
+                    _, (_, dropped, _) = self._cache.popitem(last=False)
+                    self._cache_bytes -= dropped.numel() * dropped.element_size()
+        return values, grid
+
+
+def _pil_image(image: Any) -> Any:
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    shown = getattr(image, "image", None)
+    if isinstance(shown, Image.Image):
+        return shown
+    if isinstance(image, (str, Path)):
+        return open_image(image)
+    raise PolicyError(f"an image part must hold a mini_o3.env.View, a PIL image or a path, got {type(image).__name__}")
+
+
+def _token_id(tokenizer: Any, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == getattr(tokenizer, "unk_token_id", None):
+        raise PolicyError(f"the tokenizer has no {token} token; a Qwen2.5-VL-class tokenizer is needed")
+    return int(token_id)
+
+
+# ---------------------------------------------------------------- batched generation
+
+
+@dataclass
+class _Request:
+    prompt: EncodedPrompt
+    sampling: SamplingParams
+    seed: int
+    start: float
+    future: Future = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class _RowSampler(LogitsProcessor):
+    """Chooses each row's next token by that row's own settings and records raw log-probs."""
+
+    def __init__(self, requests: list[_Request], suppressed: list[int]) -> None:
+        self.temperatures = [request.sampling.temperature for request in requests]
+        self.top_ps = [request.sampling.top_p for request in requests]
+        self.seeds = [request.seed for request in requests]
+        self.generators: list[torch.Generator | None] | None = None
+        self.suppressed = suppressed
+        self.logprobs: list[list[float]] = [[] for _ in requests]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        raw = scores.float()
+        if self.generators is None:
+            self.generators = [
+                torch.Generator(device=raw.device).manual_seed(seed) if temperature > 0 else None
+                for seed, temperature in zip(self.seeds, self.temperatures)
+            ]
+        logprobs = torch.log_softmax(raw, dim=-1)
+        masked = raw.clone()
+        masked[:, self.suppressed] = float("-inf")
+        chosen = masked.argmax(dim=-1)
+        for row, temperature in enumerate(self.temperatures):
+            if temperature > 0:
+                chosen[row] = _sample(masked[row], temperature, self.top_ps[row], self.generators[row])
+        picked = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        for row, value in enumerate(picked):
+            self.logprobs[row].append(value)
+        # Generation then runs greedy over this: the chosen token is the only finite logit.
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(1, chosen[:, None], 0.0)
+        return forced
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        before = sorted_probs.cumsum(0) - sorted_probs
+        sorted_probs[before >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+class _RowStopper(StoppingCriteria):
+    """Ends each row at an end token, at one of its stop strings, or at its own token limit."""
+
+    def __init__(self, requests: list[_Request], prompt_width: int, end_ids: set[int], decode: Any) -> None:
+        self.prompt_width = prompt_width
+        self.end_ids = end_ids
+        self.decode = decode
+        self.stops = [tuple(stop for stop in request.sampling.stop if stop) for request in requests]
+        self.limits = [request.sampling.max_new_tokens for request in requests]
+        self.reasons: list[str | None] = [None] * len(requests)
+        self.lengths: list[int | None] = [None] * len(requests)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        step = input_ids.shape[1] - self.prompt_width
+        last = input_ids[:, -1].tolist()
+        for row in range(len(self.reasons)):
+            if self.reasons[row] is not None:
+                continue
+            reason = None
+            if last[row] in self.end_ids:
+                reason = "end"
+            elif self.stops[row] and self._hit_stop(input_ids[row], step, self.stops[row]):
+                reason = "stop"
+            elif step >= self.limits[row]:
+                reason = "length"
+            if reason is not None:
+                self.reasons[row], self.lengths[row] = reason, step
+        return torch.tensor([reason is not None for reason in self.reasons], device=input_ids.device)
+
+    def _hit_stop(self, row_ids: torch.Tensor, step: int, stops: tuple[str, ...]) -> bool:
+        # Each token holds at least one byte, so a stop string completed by the newest token lies
+        # within its byte length in tokens; earlier occurrences would have stopped earlier.
+        window = min(step, max(len(stop.encode("utf-8")) for stop in stops) + 1)
+        tail = self.decode(row_ids[-window:].tolist(), skip_special_tokens=False)
+        return any(stop in tail for stop in stops)
+
+
+class LocalPolicy:
+    """A Qwen2.5-VL-class model run with transformers, batching concurrent `generate` calls."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path | tuple[Any, Any, Any],
+        device: str = "cpu",
+        dtype: Any = None,
+        max_batch_size: int = 16,
+        batch_wait_ms: float = 5.0,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        """Load `checkpoint` (a directory, or a (model, tokenizer, image_processor) triple).
+
+        `dtype` (default float32 on CPU, bfloat16 elsewhere), `min_pixels` and `max_pixels` (the
+        image processor's limits) apply to directories; a given model is only moved to `device`.
+        The policy then owns the model: it must not run a forward pass elsewhere while a batch
+        generates (Qwen2.5-VL keeps its rotary offsets on the model between steps).
+        """
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if isinstance(checkpoint, (str, Path)):
+            from mini_o3.tiny import load_checkpoint
+
+            model, tokenizer, image_processor = load_checkpoint(checkpoint, device, dtype, min_pixels, max_pixels)
+        else:
+            try:
+                model, tokenizer, image_processor = checkpoint
+            except (TypeError, ValueError) as error:
+                raise PolicyError(
+                    f"LocalPolicy takes a checkpoint directory or a (model, tokenizer, image_processor) triple, got {type(checkpoint).__name__}"
+                ) from error
+            model = model.to(device).eval()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.device = torch.device(device)
+        self.encoder = PromptEncoder(tokenizer, image_processor)
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1000.0
+        self.suppressed = [_token_id(tokenizer, token) for token in SUPPRESSED_TOKENS if tokenizer.convert_tokens_to_ids(token) is not None]
+        self.end_ids = {tokenizer.convert_tokens_to_ids(token) for token in END_TOKENS} - {None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _token_id(tokenizer, "<|endoftext|>")
+        self.batches_run = 0
+        """How many batched `model.generate` calls the worker has made."""
+        self.requests_run = 0
+        """How many requests those batches served."""
+        self.largest_batch = 0
+        """The most requests served by one `model.generate`."""
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------ public
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` under this policy's tokenizer."""
+        return self.encoder.count_tokens(text)
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """`<|image_pad|>` tokens this policy's processor spends on an image shown at width x height."""
+        return self.encoder.image_tokens(width, height)
+
+    def encode(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> EncodedPrompt:
+        """The model inputs `generate` would build for `messages`."""
+        return self.encoder.encode(messages, add_generation_prompt)
+
+    def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams = SamplingParams()) -> Generation:
+        """Write the next assistant turn; blocks until the batch holding this call has run.
+
+        `latency_s` counts from this call to the end of its batch (queueing included);
+        `extra["stopped_by"]` says "end" (an end token, counted in `token_ids` and not in the
+        text), "stop" (a stop string, kept in the text) or "length". Without `sampling.seed` a
+        fresh random seed is drawn per call; with one, the call is reproducible, batched or not.
+        """
+        start = time.perf_counter()
+        if sampling.max_new_tokens < 1:
+            raise PolicyError(f"max_new_tokens must be at least 1, got {sampling.max_new_tokens}")
+        if sampling.temperature < 0 or not 0 < sampling.top_p <= 1:
+            raise PolicyError(f"temperature must be >= 0 and top_p in (0, 1], got {sampling.temperature} and {sampling.top_p}")
+        try:
+            prompt = self.encoder.encode(messages)
+        except PolicyError:
+            raise
+        except Exception as error:
+            raise PolicyError(f"cannot build the prompt: {type(error).__name__}: {error}") from error
+        seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+        request = _Request(prompt, sampling, seed, start)
+        self._ensure_worker()
+        self._queue.put(request)
+        return request.future.result()
+
+    def close(self) -> None:
+        """Stop the background worker (pending calls still finish)."""
+        with self._start_lock:
+            self._closed = True
+            worker = self._worker
+        if worker is not None:
+            self._queue.put(_STOP)
+            worker.join()
+
+    def __enter__(self) -> "LocalPolicy":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ worker
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._closed:
+                raise PolicyError("this LocalPolicy was closed")
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="local-policy-batcher", daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            deadline = time.perf_counter() + self.batch_wait_s
+            stop_after = False
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop_after = True
+                    break
+                batch.append(item)
+            self._run(batch)
+            if stop_after:
+                return
+
+    def _run(self, batch: list[_Request]) -> None:
+        try:
+            results = self._generate_batch(batch)
+        except Exception as error:  # noqa: BLE001 - every failure must reach its caller
+            if len(batch) > 1:
+                # Run each alone so that a failure lands on the request that caused it.
+                for request in batch:
+                    self._run([request])
+                return
+            message = f"local generation failed: {type(error).__name__}: {error}"
+            batch[0].future.set_exception(PolicyError(message))
+            return
+        for request, result in zip(batch, results):
+            request.future.set_result(result)
+
+    def _generate_batch(self, batch: list[_Request]) -> list[Generation]:
+        rows = len(batch)
+        width = max(len(request.prompt.input_ids) for request in batch)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((rows, width), dtype=torch.long)
+        for row, request in enumerate(batch):
+            ids = torch.tensor(request.prompt.input_ids, dtype=torch.long)
+            input_ids[row, width - len(ids) :] = ids
+            attention_mask[row, width - len(ids) :] = 1
+        inputs: dict[str, Any] = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
+        with_images = [request.prompt for request in batch if request.prompt.pixel_values is not None]
+        if with_images:
+            dtype = next(self.model.parameters()).dtype
+            inputs["pixel_values"] = torch.cat([prompt.pixel_values for prompt in with_images]).to(self.device, dtype)
+            inputs["image_grid_thw"] = torch.cat([prompt.image_grid_thw for prompt in with_images]).to(self.device)
+            inputs["mm_token_type_ids"] = (input_ids == self.encoder.image_token_id).long().to(self.device)
+        sampler = _RowSampler(batch, self.suppressed)
+        stopper = _RowStopper(batch, width, self.end_ids, self.encoder.decode)
+        config = GenerationConfig(
+            max_new_tokens=max(request.sampling.max_new_tokens for request in batch),
+            do_sample=False,
+            num_beams=1,
+            # Neutral values, so that a checkpoint's own generation_config.json (Qwen ships
+            # top_k=1, repetition_penalty=1.05) cannot alter the raw logits our sampler sees.
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
+            repetition_penalty=1.0,
+            eos_token_id=sorted(self.end_ids),
+            pad_token_id=self.pad_id,
+            use_cache=True,
+        )
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([sampler]),
+                stopping_criteria=StoppingCriteriaList([stopper]),
+            )
+        self.batches_run += 1
+        self.requests_run += rows
+        self.largest_batch = max(self.largest_batch, rows)
+        done = time.perf_counter()
+        results = []
+        for row, request in enumerate(batch):
+            length = stopper.lengths[row] if stopper.lengths[row] is not None else output.shape[1] - width
+            reason = stopper.reasons[row] or "length"
+            token_ids = output[row, width : width + length].tolist()
+            results.append(
+                Generation(
+                    text=self._text(token_ids, reason, request.sampling.stop),
+                    finish_reason="length" if reason == "length" else "stop",
+                    prompt_tokens=len(request.prompt.input_ids),
+                    completion_tokens=len(token_ids),
+                    latency_s=done - request.start,
+                    token_ids=token_ids,
+                    logprobs=sampler.logprobs[row][:length],
+                    extra={"batch_size": rows, "stopped_by": reason},
+                )
+            )
+        return results
+
+    def _text(self, token_ids: list[int], reason: str, stops: tuple[str, ...]) -> str:
+        if reason == "end":
+            return self.encoder.decode(token_ids[:-1])
+        text = self.encoder.decode(token_ids)
+        if reason == "stop":
+            ends = [text.find(stop) + len(stop) for stop in stops if stop and stop in text]
+            if ends:
+                text = text[: min(ends)]
+        return text

@@ -59,7 +59,10 @@ def run_episode(
         policy = policy.bind(sample)
     counter = count_tokens or getattr(policy, "count_tokens", None)
     try:
-        env = ZoomEnv(sample, config.limits, config.resize, counter, config.pixel_limit)
+        env = ZoomEnv(
+            sample, config.limits, config.resize, counter, config.pixel_limit,
+            count_image_tokens=getattr(policy, "image_tokens", None),
+        )
     except (ImageLoadError, ValueError) as error:
         return Episode(_failed_trajectory(sample, str(error)), [], run)
     while not env.done:

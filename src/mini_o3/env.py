@@ -70,16 +70,14 @@ def approximate_tokens(text: str) -> int:
     return len(text.encode("utf-8")) * 2 // 7 + 1
 
 
-def message_tokens(
-    messages: list[dict[str, Any]], count_tokens: TokenCounter, image_size: Callable[[Any], tuple[int, int]]
-) -> int:
-    """Context tokens of chat messages: 5 of chat markup each, text by `count_tokens`, images by shown size."""
+def message_tokens(messages: list[dict[str, Any]], count_tokens: TokenCounter, image_cost: Callable[[Any], int]) -> int:
+    """Context tokens of chat messages: 5 of chat markup each, text by `count_tokens`, images by `image_cost`."""
     total = 0
     for message in messages:
         total += 5  # <|im_start|>role\n ... <|im_end|>\n
         for part in message["content"]:
             if part["type"] == "image":
-                total += image_tokens(*image_size(part["image"]))
+                total += image_cost(part["image"])
             else:
                 total += count_tokens(part["text"])
     return total
@@ -121,11 +119,15 @@ class ZoomEnv:
         count_tokens: TokenCounter | None = None,
         pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT,
         original: Image.Image | None = None,
+        count_image_tokens: Callable[[int, int], int] | None = None,
     ) -> None:
         self.sample = sample
         self.limits = limits
         self.resize = resize
         self.count_tokens = count_tokens or approximate_tokens
+        # A policy knows its processor's limits (the tiny one caps images); else Qwen2.5-VL's rule.
+        pads = count_image_tokens
+        self.image_cost = (lambda w, h: pads(w, h) + 2) if pads is not None else image_tokens
         self.original = original if original is not None else open_image(sample.image, pixel_limit)
         width, height = self.original.size
         first = resize_for_model(self.original, resize, first=True)
@@ -154,7 +156,7 @@ class ZoomEnv:
         return list(self._messages)
 
     def _prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
-        return message_tokens(messages, self.count_tokens, lambda view: view.image.size)
+        return message_tokens(messages, self.count_tokens, lambda view: self.image_cost(*view.image.size))
 
     # ------------------------------------------------------------ stepping
 

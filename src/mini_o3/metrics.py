@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from mini_o3 import protocol
-from mini_o3.env import approximate_tokens, message_tokens
+from mini_o3.env import approximate_tokens, image_tokens, message_tokens
 from mini_o3.scoring import Score
 from mini_o3.trajectory import Status, Trajectory, TurnRecord
 
@@ -319,4 +319,4 @@ def _turn_context(before: int, turn: TurnRecord) -> int:
 
 
 def _message_tokens(message: dict[str, Any], sizes: dict[int, tuple[int, int]]) -> int:
-    return message_tokens([message], approximate_tokens, sizes.__getitem__)
+    return message_tokens([message], approximate_tokens, lambda index: image_tokens(*sizes[index]))

@@ -4,7 +4,8 @@ Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health. Image parts a
 `image_url` data URLs and reach the policy as PIL images in `mini_o3.protocol` message form.
 Like OpenAI, the reply leaves out the stop string that ended a turn unless the request sets
 vLLM's `include_stop_str_in_output`. For tests and benchmarks a server can sleep a fixed
-`delay_s` per request and fail its first `fail_first_n` requests with a chosen status.
+`delay_s` per request (the policy's own time included) and fail its first `fail_first_n`
+requests with a chosen status.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import io
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -25,14 +27,19 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from mini_o3 import protocol
+from mini_o3.env import approximate_tokens
 from mini_o3.images import to_rgb
 from mini_o3.policies.base import Policy, PolicyError, SamplingParams
 from mini_o3.policies.scripted import count_prompt_tokens
-from mini_o3.env import approximate_tokens
 
 log = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
+OPENAI_FIELDS = frozenset(
+    "model messages temperature top_p max_tokens max_completion_tokens stop seed n stream stream_options "
+    "presence_penalty frequency_penalty logit_bias logprobs top_logprobs user response_format tools "
+    "tool_choice parallel_tool_calls metadata store reasoning_effort modalities service_tier".split()
+)
 
 
 @dataclass
@@ -42,7 +49,7 @@ class ServeOptions:
     model: str = "mini-o3"
     """The model name /v1/models lists and replies carry; requests may name any model."""
     delay_s: float = 0.0
-    """Sleep this long in every chat request before answering (a fixed model latency)."""
+    """Every chat request takes at least this long, the policy's own time included (a fixed model latency)."""
     fail_first_n: int = 0
     """Answer the first N chat requests with `fail_status` instead (fault injection)."""
     fail_status: int = 503
@@ -55,6 +62,8 @@ class ServeOptions:
     """Refuse request bodies larger than this with 413."""
     idle_timeout_s: float = 600.0
     """Close a keep-alive connection idle for this long."""
+    strict_fields: bool = False
+    """Refuse request fields outside OpenAI's own (as api.openai.com does), e.g. vLLM's extras."""
 
 
 class RequestError(ValueError):
@@ -124,14 +133,19 @@ def sampling_from_request(body: dict[str, Any]) -> SamplingParams:
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or SamplingParams.max_new_tokens
     try:
         return SamplingParams(
-            temperature=float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0),
-            top_p=float(body.get("top_p", 1.0) if body.get("top_p") is not None else 1.0),
+            temperature=float(_given(body, "temperature", 1.0)),
+            top_p=float(_given(body, "top_p", 1.0)),
             max_new_tokens=int(max_tokens),
             stop=tuple(str(s) for s in stops),
             seed=None if body.get("seed") is None else int(body["seed"]),
         )
     except (TypeError, ValueError) as error:
         raise RequestError(f"bad sampling parameter: {error}") from error
+
+
+def _given(body: dict[str, Any], key: str, default: Any) -> Any:
+    value = body.get(key)
+    return default if value is None else value
 
 
 # ---------------------------------------------------------------- the server
@@ -178,6 +192,12 @@ class PolicyServer(ThreadingHTTPServer):
             else:
                 self._connections.discard(connection)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a failed connection; clients that hang up are routine and logged at debug level."""
+        error = sys.exc_info()[1]
+        level = logging.DEBUG if isinstance(error, (ConnectionError, TimeoutError)) else logging.ERROR
+        log.log(level, "connection from %s failed", client_address, exc_info=True)
+
     def stop(self) -> None:
         """Stop serving, close every client connection and free the port."""
         if self._thread is not None:
@@ -196,6 +216,7 @@ class PolicyServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse one connection for many turns
+    disable_nagle_algorithm = True  # headers and body go out as two writes: Nagle would hold the body 40 ms
     server: PolicyServer
 
     def setup(self) -> None:
@@ -261,6 +282,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _complete(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
+        if self.server.options.strict_fields:
+            unknown = sorted(set(body) - OPENAI_FIELDS)
+            if unknown:
+                raise RequestError(f"Unrecognized request argument supplied: {', '.join(unknown)}")
+        if body.get("stream"):
+            raise RequestError("streaming is not supported by this server; send stream=false")
+        if body.get("n", 1) != 1:
+            raise RequestError("n must be 1 (send one request per sample)")
         messages = messages_from_openai(body.get("messages"))
         sampling = sampling_from_request(body)
         started = time.perf_counter()
@@ -340,7 +369,8 @@ class _Handler(BaseHTTPRequestHandler):
 def start_server(policy: Policy, host: str = "127.0.0.1", port: int = 0, **options: Any) -> tuple[PolicyServer, str]:
     """Serve `policy` from a background thread; returns the server (call `.stop()`) and its /v1 base URL."""
     server = PolicyServer((host, port), policy, _options(options))
-    server._thread = threading.Thread(target=server.serve_forever, name=f"mini-o3-serve:{server.server_address[1]}", daemon=True)
+    # A short poll interval makes stop() quick (shutdown waits for the next poll).
+    server._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=f"mini-o3-serve:{server.server_address[1]}", daemon=True)
     server._thread.start()
     return server, server.url
 
@@ -348,7 +378,6 @@ def start_server(policy: Policy, host: str = "127.0.0.1", port: int = 0, **optio
 def serve_forever(policy: Policy, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
     """Serve `policy` in this thread until interrupted (Ctrl-C)."""
     server = PolicyServer((host, port), policy, _options(options))
-    log.info("serving %s at %s", type(policy).__name__, server.url)
     print(f"mini-o3: serving {type(policy).__name__} at {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
@@ -364,3 +393,29 @@ def _options(options: dict[str, Any]) -> ServeOptions:
     if unknown:
         raise TypeError(f"unknown server option(s) {unknown}; choose from {sorted(known)}")
     return ServeOptions(**options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m mini_o3.serve`: serve the echo policy or a scripted one (a JSON list of turns)."""
+    import argparse
+
+    from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy
+
+    parser = argparse.ArgumentParser(prog="python -m mini_o3.serve", description=main.__doc__)
+    parser.add_argument("--script", help="a JSON file holding a list of assistant turns; the echo policy when left out")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", default="mini-o3")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each chat request takes at least")
+    args = parser.parse_args(argv)
+    if args.script:
+        with open(args.script, encoding="utf-8") as handle:
+            policy: Policy = ScriptedPolicy(json.load(handle))
+    else:
+        policy = EchoPolicy()
+    logging.basicConfig(level=logging.INFO)
+    serve_forever(policy, args.host, args.port, model=args.model, delay_s=args.delay)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from mini_o3 import protocol
-from mini_o3.env import approximate_tokens, image_tokens
+from mini_o3.env import approximate_tokens, image_tokens, message_tokens
 from mini_o3.policies.base import Generation, PolicyError, SamplingParams
 
 Script = Sequence[str] | Callable[[list[dict[str, Any]]], "str | Generation"]
@@ -30,16 +30,8 @@ def part_image(image: Any) -> Image.Image:
 
 
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """A tokenizer-free estimate of a conversation's prompt tokens (as the environment estimates)."""
-    total = 3  # the generation prompt
-    for message in messages:
-        total += 5
-        for part in message["content"]:
-            if part["type"] == "image":
-                total += image_tokens(*part_image(part["image"]).size)
-            else:
-                total += approximate_tokens(part["text"])
-    return total
+    """A tokenizer-free estimate of a conversation's prompt tokens (the environment's own rule)."""
+    return message_tokens(messages, approximate_tokens, lambda image: image_tokens(*part_image(image).size))
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -77,12 +69,18 @@ class ScriptedPolicy:
 
     @classmethod
     def zoom_then_answer(
-        cls, boxes: Sequence[tuple[float, float, float, float]], answer: str, source: str = protocol.ORIGINAL_SOURCE
+        cls,
+        boxes: Sequence[tuple[float, float, float, float]],
+        answer: str,
+        sources: Sequence[str] | None = None,
     ) -> "ScriptedPolicy":
-        """A script that zooms into each box in turn (on `source`), then answers."""
+        """A script that zooms into each box in turn (on `sources[i]`, default the original), then answers."""
+        sources = list(sources) if sources is not None else [protocol.ORIGINAL_SOURCE] * len(boxes)
+        if len(sources) != len(boxes):
+            raise ValueError(f"got {len(boxes)} boxes and {len(sources)} sources; give one source per box")
         turns = [
             f"<think>Zoom {i + 1}.</think>" + protocol.render_zoom(protocol.Zoom(tuple(box), source))
-            for i, box in enumerate(boxes)
+            for i, (box, source) in enumerate(zip(boxes, sources))
         ]
         turns.append("<think>Found it.</think>" + protocol.render_answer(answer))
         return cls(turns)

@@ -1,0 +1,172 @@
+"""HttpPolicy throughput and client CPU against a served ScriptedPolicy with a fixed delay L.
+
+The server (mini_o3.serve) runs in its own process, so this process's CPU time
+(time.process_time) is the client's alone; images are encoded before the clock starts, so the
+figure is the transport's cost per turn. Each of C threads runs episodes of a few turns (the
+conversation grows by a zoom and a crop per turn, as a real episode does); the ideal
+throughput is C / L turns a second. `--compare` runs the same requests through httpx and the
+openai client for reference. Prints figures; asserts nothing. "server busy" is the server
+process's CPU time over the wall time: near 100% the single-process Python server (GIL-bound,
+decoding every image of every request) is the bottleneck, not the client.
+
+    .venv/bin/python bench/bench_http.py [--delay 0.5] [--concurrency 16,64,256] [--compare]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import threading
+import time
+from typing import Any, Callable
+
+from PIL import Image, ImageDraw
+
+from mini_o3 import protocol
+from mini_o3.env import View
+from mini_o3.policies.base import SamplingParams
+from mini_o3.policies.http import HttpPolicy
+from mini_o3.trajectory import ViewRecord
+
+ZOOM = '<think>Look closer.</think><grounding>{"bbox_2d": [0.25, 0.25, 0.75, 0.75], "source": "original_image"}</grounding>'
+
+
+def _serve(conn: Any, delay_s: float, turns: int) -> None:
+    """The server process: serve a script of zooms then an answer; report CPU time on request."""
+    from mini_o3.policies.scripted import ScriptedPolicy
+    from mini_o3.serve import start_server
+
+    server, url = start_server(ScriptedPolicy([ZOOM] * (turns - 1) + ["<answer>red</answer>"]), delay_s=delay_s)
+    conn.send(url)
+    while conn.recv() == "cpu":
+        conn.send(time.process_time())
+    server.stop()
+
+
+def _image(width: int, height: int, seed: int) -> Image.Image:
+    image = Image.new("RGB", (width, height), (200 - seed % 50, 220, 235))
+    draw = ImageDraw.Draw(image)
+    for i in range(12):
+        x, y = (37 * i + 11 * seed) % width, (53 * i + 7 * seed) % height
+        draw.rectangle((x, y, x + 24, y + 16), fill=(40 * i % 255, 90, 160))
+    return image
+
+
+def _conversations(threads: int, turns: int, size: int, fmt: str) -> list[list[list[dict[str, Any]]]]:
+    """Per thread, the messages of each turn of one episode, with every view encoded up front."""
+    episodes = []
+    for thread in range(threads):
+        views = [View(ViewRecord(index=i, box=(0, 0, size, size), size=(size, size)), _image(size, size * 3 // 4, thread + i)) for i in range(turns)]
+        for view in views:
+            view.data_url(fmt)
+        messages = [protocol.system_message(), protocol.first_user_message(views[0], f"What is in box {thread}?")]
+        per_turn = []
+        for turn in range(turns):
+            per_turn.append(list(messages))
+            messages += [protocol.assistant_message(ZOOM), protocol.observation_message(views[min(turn + 1, turns - 1)], turn, turn + 1)]
+        episodes.append(per_turn)
+    return episodes
+
+
+def _run(call: Callable[[list[dict[str, Any]]], str], episodes: list[list[list[dict[str, Any]]]], repeats: int) -> tuple[float, float, int]:
+    """Run every thread's episode `repeats` times at once; (wall s, client CPU s, turns)."""
+    barrier = threading.Barrier(len(episodes) + 1)
+    errors: list[BaseException] = []
+
+    def worker(per_turn: list[list[dict[str, Any]]]) -> None:
+        barrier.wait()
+        try:
+            for _ in range(repeats):
+                for messages in per_turn:
+                    call(messages)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(per_turn,)) for per_turn in episodes]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if errors:
+        raise errors[0]
+    return wall, cpu, sum(len(per_turn) for per_turn in episodes) * repeats
+
+
+def _httpx_call(url: str, policy: HttpPolicy, sampling: SamplingParams) -> Callable[[list[dict[str, Any]]], str]:
+    import httpx
+
+    client = httpx.Client(limits=httpx.Limits(max_connections=512, max_keepalive_connections=512), timeout=120)
+
+    def call(messages: list[dict[str, Any]]) -> str:
+        body = policy._body(policy._messages_json(messages), sampling)
+        reply = client.post(url + "/chat/completions", content=body, headers={"Content-Type": "application/json"})
+        return reply.json()["choices"][0]["message"]["content"]
+
+    return call
+
+
+def _openai_call(url: str, policy: HttpPolicy, sampling: SamplingParams) -> Callable[[list[dict[str, Any]]], str]:
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+
+    def call(messages: list[dict[str, Any]]) -> str:
+        openai_messages = json.loads(policy._messages_json(messages))
+        reply = client.chat.completions.create(model="m", messages=openai_messages, max_tokens=sampling.max_new_tokens, stop=list(sampling.stop))
+        return reply.choices[0].message.content or ""
+
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay", type=float, default=0.5, help="the server's fixed delay L per request, seconds")
+    parser.add_argument("--concurrency", default="16,64,256", help="comma-separated thread counts")
+    parser.add_argument("--turns", type=int, default=4, help="turns per episode (images grow by one a turn)")
+    parser.add_argument("--repeats", type=int, default=4, help="episodes per thread")
+    parser.add_argument("--size", type=int, default=224, help="image width in pixels (height is 3/4 of it)")
+    parser.add_argument("--format", default="JPEG", choices=["JPEG", "PNG"])
+    parser.add_argument("--compare", action="store_true", help="also run httpx and the openai client")
+    args = parser.parse_args()
+
+    context = mp.get_context("spawn")
+    ours, theirs = context.Pipe()
+    server = context.Process(target=_serve, args=(theirs, args.delay, args.turns), daemon=True)
+    server.start()
+    url = ours.recv()
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=512)
+    policy = HttpPolicy(url, "m", image_format=args.format)
+
+    clients: dict[str, Callable[[list[dict[str, Any]]], str]] = {"HttpPolicy": lambda m: policy.generate(m, sampling).text}
+    if args.compare:
+        clients["httpx.Client"] = _httpx_call(url, policy, sampling)
+        clients["openai.OpenAI"] = _openai_call(url, policy, sampling)
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    body_kb = len(policy._body(policy._messages_json(_conversations(1, args.turns, args.size, args.format)[0][-1]), sampling)) / 1024
+    print(f"server delay L = {args.delay} s; {args.turns} turns an episode, {args.repeats} episodes a thread; "
+          f"{args.size}px {args.format} images, last turn's body {body_kb:.0f} KB")
+    print(f"{'client':14s} {'threads':>7s} {'turns':>6s} {'wall s':>7s} {'turns/s':>8s} {'ideal':>7s} {'ratio':>6s} "
+          f"{'client CPU ms/turn':>19s} {'server CPU ms/turn':>19s} {'server busy':>11s}")
+    for name, call in clients.items():
+        for threads in levels:
+            episodes = _conversations(threads, args.turns, args.size, args.format)
+            call(episodes[0][0])  # warm-up: imports, first connection
+            ours.send("cpu")
+            server_cpu = ours.recv()
+            wall, cpu, turns = _run(call, episodes, args.repeats)
+            ours.send("cpu")
+            server_cpu = ours.recv() - server_cpu
+            ideal = threads / args.delay
+            print(f"{name:14s} {threads:7d} {turns:6d} {wall:7.2f} {turns / wall:8.1f} {ideal:7.1f} {turns / wall / ideal:6.2f} "
+                  f"{cpu / turns * 1000:19.2f} {server_cpu / turns * 1000:19.2f} {server_cpu / wall:10.0%}")
+    ours.send("stop")
+    server.join(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

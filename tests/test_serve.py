@@ -1,0 +1,218 @@
+"""The OpenAI-compatible server, spoken to with plain HTTP on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mini_o3 import protocol
+from mini_o3.images import data_url
+from mini_o3.policies.base import Generation, PolicyError, SamplingParams
+from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy
+from mini_o3.serve import decode_data_url, messages_from_openai, start_server
+
+
+class Recorder:
+    """A real policy that remembers what it was asked and answers from a script."""
+
+    def __init__(self, turn: str = "<think>ok</think><answer>yes</answer>") -> None:
+        self.inner = ScriptedPolicy(lambda messages: turn)
+        self.calls: list[tuple[list[dict[str, Any]], SamplingParams]] = []
+        self.lock = threading.Lock()
+
+    def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams) -> Generation:
+        with self.lock:
+            self.calls.append((messages, sampling))
+        return self.inner.generate(messages, sampling)
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def _start(policy, **options):
+        server, url = start_server(policy, **options)
+        servers.append(server)
+        return server, url
+
+    yield _start
+    for server in servers:
+        server.stop()
+
+
+def _request(url: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None):
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    connection.request(method, path, data, {"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    payload = response.read()
+    connection.close()
+    try:
+        return response.status, json.loads(payload), response
+    except ValueError:
+        return response.status, payload, response
+
+
+def _image(width: int = 37, height: int = 23) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+def _chat(image: Image.Image, **fields: Any) -> dict[str, Any]:
+    return {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": data_url(image, "PNG")}},
+                {"type": "text", "text": "\nWhat is it?"},
+            ]},
+        ],
+        **fields,
+    }
+
+
+def test_health_and_models(serve):
+    _, url = serve(EchoPolicy(), model="tiny-vl")
+    assert _request(url, "GET", "/health")[:2] == (200, {"status": "ok"})
+    status, reply, _ = _request(url, "GET", "/v1/models")
+    assert status == 200 and [m["id"] for m in reply["data"]] == ["tiny-vl"]
+    assert url.endswith("/v1")
+
+
+def test_chat_decodes_messages_into_protocol_form_with_pil_images(serve):
+    policy = Recorder()
+    _, url = serve(policy)
+    image = _image()
+    status, reply, _ = _request(url, "POST", "/v1/chat/completions", _chat(image, temperature=0.5, top_p=0.9, max_tokens=77, seed=3, stop=["</grounding>"]))
+    assert status == 200
+    assert reply["object"] == "chat.completion" and reply["model"] == "m"
+    assert reply["choices"][0]["message"] == {"role": "assistant", "content": "<think>ok</think><answer>yes</answer>"}
+    assert reply["choices"][0]["finish_reason"] == "stop"
+    usage = reply["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    messages, sampling = policy.calls[0]
+    assert messages[0] == {"role": "system", "content": [protocol.text_part("sys")]}
+    first = messages[1]["content"]
+    assert [part["type"] for part in first] == ["image", "text"] and first[1]["text"] == "\nWhat is it?"
+    assert isinstance(first[0]["image"], Image.Image)
+    assert np.array_equal(np.asarray(first[0]["image"]), np.asarray(image))
+    assert sampling == SamplingParams(temperature=0.5, top_p=0.9, max_new_tokens=77, stop=("</grounding>",), seed=3)
+
+
+def test_stop_string_is_left_out_unless_asked_for(serve):
+    turn = '<think>look</think><grounding>{"bbox_2d": [0, 0, 0.5, 0.5], "source": "original_image"}</grounding>'
+    _, url = serve(ScriptedPolicy([turn + " trailing"]))
+    body = _chat(_image(), stop=["</grounding>"])
+    assert _request(url, "POST", "/v1/chat/completions", body)[1]["choices"][0]["message"]["content"] == turn[: -len("</grounding>")]
+    kept = _request(url, "POST", "/v1/chat/completions", {**body, "include_stop_str_in_output": True})
+    assert kept[1]["choices"][0]["message"]["content"] == turn
+
+
+def test_injected_failures_then_success_with_retry_after(serve):
+    server, url = serve(EchoPolicy(), fail_first_n=2, fail_status=429, retry_after_s=1.5)
+    for _ in range(2):
+        status, reply, response = _request(url, "POST", "/v1/chat/completions", _chat(_image()))
+        assert status == 429 and response.getheader("Retry-After") == "1.5"
+        assert "injected" in reply["error"]["message"]
+    assert _request(url, "POST", "/v1/chat/completions", _chat(_image()))[0] == 200
+    assert server.chat_requests == 3 and server.injected_failures == 2
+
+
+def test_delay_is_the_least_time_a_chat_request_takes(serve):
+    _, url = serve(EchoPolicy(), delay_s=0.3)
+    started = time.perf_counter()
+    assert _request(url, "POST", "/v1/chat/completions", _chat(_image()))[0] == 200
+    assert 0.3 <= time.perf_counter() - started < 1.5
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        ({"messages": []}, 400, "non-empty list"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]}, 400, "fetches nothing"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400, "cannot decode"),
+        ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, 400, "'text' or 'image_url'"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, 400, "streaming"),
+    ],
+)
+def test_bad_requests_get_a_clear_400(serve, body, status, words):
+    _, url = serve(EchoPolicy())
+    got, reply, _ = _request(url, "POST", "/v1/chat/completions", body)
+    assert got == status and words in reply["error"]["message"]
+
+
+def test_unknown_routes_are_404(serve):
+    _, url = serve(EchoPolicy())
+    assert _request(url, "GET", "/v2/nothing")[0] == 404
+    assert _request(url, "POST", "/v1/completions", {"prompt": "x"})[0] == 404
+
+
+def test_strict_fields_rejects_vllm_extras_like_the_openai_api(serve):
+    _, url = serve(EchoPolicy(), strict_fields=True)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "include_stop_str_in_output": True}
+    status, reply, _ = _request(url, "POST", "/v1/chat/completions", body)
+    assert status == 400 and "include_stop_str_in_output" in reply["error"]["message"]
+
+
+def test_api_key_is_required_when_set(serve):
+    _, url = serve(EchoPolicy(), api_key="sekret")
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    status, reply, _ = _request(url, "POST", "/v1/chat/completions", body)
+    assert status == 401 and "sekret" not in json.dumps(reply)
+    assert _request(url, "POST", "/v1/chat/completions", body, {"Authorization": "Bearer sekret"})[0] == 200
+    assert _request(url, "GET", "/v1/models")[0] == 401
+
+
+def test_a_failing_policy_answers_500_and_the_server_keeps_serving(serve):
+    def script(messages):
+        if messages[-1]["content"][0]["text"] == "boom":
+            raise PolicyError("checkpoint missing")
+        if messages[-1]["content"][0]["text"] == "bug":
+            raise KeyError("oops")
+        return "<answer>fine</answer>"
+
+    _, url = serve(ScriptedPolicy(script))
+    status, reply, _ = _request(url, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "boom"}]})
+    assert status == 500 and "checkpoint missing" in reply["error"]["message"]
+    status, reply, _ = _request(url, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "bug"}]})
+    assert status == 500 and "KeyError" in reply["error"]["message"]
+    assert _request(url, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "ok"}]})[0] == 200
+
+
+def test_keep_alive_and_stop_closes_connections_and_frees_the_port():
+    server, url = start_server(EchoPolicy())
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    for _ in range(3):  # one connection, several requests
+        connection.request("GET", "/health")
+        assert connection.getresponse().read() == b'{"status": "ok"}'
+    server.stop()
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        connection.request("GET", "/health")
+        connection.getresponse().read()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((parts.hostname, parts.port), timeout=2)
+
+
+def test_decode_helpers_round_trip_pixels():
+    image = _image(5, 4)
+    assert np.array_equal(np.asarray(decode_data_url(data_url(image, "PNG"))), np.asarray(image))
+    messages = messages_from_openai([{"role": "user", "content": "plain"}, {"role": "assistant", "content": None}])
+    assert messages == [{"role": "user", "content": [protocol.text_part("plain")]}, {"role": "assistant", "content": []}]
+
+
+def test_unknown_server_options_are_refused():
+    with pytest.raises(TypeError, match="delay_sec"):
+        start_server(EchoPolicy(), delay_sec=1)

@@ -110,6 +110,27 @@ def search(
 
 
 @app.command()
+def synth(
+    out: Path = typer.Option(..., help="Folder of the set (resumes when it already holds part of it)."),
+    n: int = typer.Option(100, help="Number of problems."),
+    level: str = typer.Option("medium", help="easy, medium, hard, or grid (the demo world)."),
+    size: int = typer.Option(4096, help="Long side of the images in pixels."),
+    seed: int = typer.Option(0, help="Seed of the set: the same seed gives the same bytes."),
+    workers: int = typer.Option(1, help="Processes to render with."),
+) -> None:
+    """Procedurally render VisualProbe-style problems that can only be answered by zooming."""
+    from mini_o3.data.synth import SynthError, synthesize
+
+    print_config("synth", {"out": str(out), "n": n, "level": level, "size": size, "seed": seed, "workers": workers})
+    try:
+        report = synthesize(out, n, level, size, seed, workers=workers, progress=True)
+    except SynthError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2)
+    console.print(report.summary())
+
+
+@app.command()
 def serve(
     model_path: Path = typer.Option(..., help="A local Qwen2.5-VL-class checkpoint directory to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),

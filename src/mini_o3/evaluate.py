@@ -1,0 +1,761 @@
+"""The evaluation runner: K sampled episodes per question, streamed to disk, resumable, scored, summarised.
+
+A run directory holds everything a run produced (see `RUN_LAYOUT`). Episodes are appended to
+`trajectories.jsonl` (the raw log, with every image the model saw under `views/`) and their
+rule-based scores to `results.jsonl` as each one finishes, so killing the process at any
+moment loses only episodes not yet on disk (in flight, or finished a moment ago and still
+being saved): running the same command again repairs a torn last line, skips every
+(sample, run) already on disk and runs only the rest. Episodes that
+ended in `error` (a dead server, an unreadable image) are kept and counted; `retry_errors`
+runs them again. When a judge is configured it runs after the episodes, over the finished
+results, with a disk cache, and `rescore(run_dir, judge=...)` re-scores a finished run
+without calling the model again. Metrics come from `mini_o3.metrics.summarize`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from mini_o3 import __version__
+from mini_o3.agent import Episode, EpisodeConfig, run_episodes
+from mini_o3.data.sample import Sample
+from mini_o3.env import Limits
+from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ResizePolicy
+from mini_o3.judge import JudgeConfig, JudgeError, LLMJudge
+from mini_o3.policies.base import Generation, Policy, SamplingParams
+from mini_o3.scoring import Score, score_trajectory
+from mini_o3.store import TrajectoryStore
+from mini_o3.trajectory import Status, Trajectory, read_jsonl
+
+CONFIG_FILE = "config.json"
+TRAJECTORIES_FILE = "trajectories.jsonl"
+RESULTS_FILE = "results.jsonl"
+METRICS_FILE = "metrics.json"
+JUDGE_CACHE_FILE = "judge_cache.jsonl"
+SKIPPED_FILE = "skipped.txt"
+
+RUN_LAYOUT = """\
+RUN_DIR/
+  config.json                      the EvalConfig, the policy, the package version, what the data spec loaded
+  trajectories.jsonl               every finished episode, appended as it finishes (a retried episode's last line wins)
+  views/<sample>__r<run>/<i>.jpg   every image the model saw (0 = the original as shown, i = observation_i)
+  results.jsonl                    one line per episode: status, turns, answer, rule score, judge score, final score
+                                   (appended as episodes finish; rewritten to exactly the run's episodes at the end)
+  judge_cache.jsonl                judge verdicts keyed by a hash of (rubric, model, question, truth, answer)
+  skipped.txt                      bad data records skipped at load time (skip_bad), one reason a line
+  metrics.json                     mini_o3.metrics.summarize over the run's episodes
+  index.html                       the report: metrics tables, plots, trajectory viewer (mini_o3.report)
+  report/                          the plots (accuracy_by_budget.png, turn_histogram.png) and boxes/<episode>.jpg
+"""
+"""What a run directory holds."""
+
+JUDGE_MODES = ("rescue", "all")
+
+# EvalConfig fields that change what an episode does or is scored on: a run directory made with
+# other values cannot be resumed with these, since its finished episodes would mean something else.
+_IDENTITY_FIELDS = (
+    "data", "max_turns", "max_images", "max_context_tokens", "context_reserve", "numbering",
+    "temperature", "top_p", "max_new_tokens", "seed", "max_pixels", "min_pixels", "pixel_limit",
+)
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be resumed or read: another config, or files that are not a run's."""
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation: which data, how many sampled runs per question, the budgets, where to write."""
+
+    data: str
+    """Dataset spec for `mini_o3.data.loading.load_dataset`, e.g. "vstar:/data/vstar_bench" or a path."""
+    out: Path = Path("runs/eval")
+    """The run directory; running again with the same directory resumes it."""
+    samples: int = 1
+    """K: sampled runs per question (Avg@K). The paper uses 32 for VisualProbe and V*, 8 for HR-Bench, 1 for MME-RealWorld."""
+    max_turns: int = 32
+    """Assistant turns per episode at most; accuracy at every smaller budget comes from the same run."""
+    concurrency: int = 32
+    """Episodes in flight at once (each sends one request at a time)."""
+    temperature: float = 1.0
+    """Sampling temperature; the paper evaluates at 1.0."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = 8192
+    """Tokens per turn at most (the reference's 8,192)."""
+    seed: int | None = 0
+    """Base seed: each turn samples with a seed derived from (seed, sample id, run, turn), so runs differ and repeat; None sends none."""
+    limit: int | None = None
+    """Evaluate only the first N questions of the data (None for all)."""
+    skip_bad: bool = False
+    """Skip and count bad data records (listed in skipped.txt) instead of stopping at the first one."""
+    retry_errors: bool = False
+    """Run again the episodes a previous run of this directory recorded as `error`."""
+    judge: JudgeConfig | None = None
+    """An LLM judge (OpenAI-compatible endpoint); None scores by the rules only. Its cache defaults to RUN_DIR/judge_cache.jsonl."""
+    judge_mode: str = "rescue"
+    """"rescue": ask the judge only where the rules say wrong (a rule match is never overturned); "all": the judge decides every answer, as the paper's."""
+    judge_concurrency: int = 8
+    """Judge requests in flight at once."""
+    max_images: int | None = None
+    """Images in the context at most, the original included (None: no limit besides the turns)."""
+    max_context_tokens: int = 32_768
+    """The model's context window."""
+    context_reserve: int = 2_000
+    """End the episode as over_context when the context gets within this many tokens of the window."""
+    numbering: str = "reference"
+    """Observation labels: "reference" (as the released checkpoint was trained) or "consistent"."""
+    max_pixels: int = 2_000_000
+    """Every image shown to the model is scaled down to at most this many pixels."""
+    min_pixels: int = 40_000
+    """... and up to at least this many."""
+    pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT
+    """Refuse originals larger than this many pixels (decompression-bomb guard)."""
+    save_views: bool = True
+    """Save every image the model saw under views/ (the report's crops need them)."""
+    report: bool = True
+    """Write index.html and the plots when the run ends."""
+    report_episodes: int = 200
+    """The report's trajectory viewer shows at most this many episodes."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.samples < 1:
+            raise ValueError(f"samples (K) must be at least 1, got {self.samples}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.judge_concurrency < 1:
+            raise ValueError(f"judge_concurrency must be at least 1, got {self.judge_concurrency}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.judge_mode not in JUDGE_MODES:
+            raise ValueError(f"judge_mode must be one of {JUDGE_MODES}, got {self.judge_mode!r}")
+        if self.numbering not in ("reference", "consistent"):
+            raise ValueError(f"numbering must be 'reference' or 'consistent', got {self.numbering!r}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be None or at least 0, got {self.limit}")
+        if isinstance(self.judge, dict):
+            self.judge = JudgeConfig(**self.judge)
+        # Limits and ResizePolicy validate their own fields; fail here, before any work.
+        self.episode_config()
+
+    def episode_config(self) -> EpisodeConfig:
+        """The agent's EpisodeConfig for this evaluation (seeds are added per turn, see `seed`)."""
+        return EpisodeConfig(
+            limits=Limits(
+                max_turns=self.max_turns,
+                max_images=self.max_images,
+                max_context_tokens=self.max_context_tokens,
+                context_reserve=self.context_reserve,
+                numbering=self.numbering,  # type: ignore[arg-type]
+            ),
+            sampling=SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens),
+            resize=ResizePolicy(max_pixels=self.max_pixels, min_pixels=self.min_pixels),
+            pixel_limit=self.pixel_limit,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (paths as strings)."""
+        record = asdict(self)
+        record["out"] = str(self.out)
+        if self.judge is not None and record["judge"].get("cache_path") is not None:
+            record["judge"]["cache_path"] = str(record["judge"]["cache_path"])
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "EvalConfig":
+        """Rebuild a config written by `to_dict` (unknown keys from other versions are ignored)."""
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in record.items() if key in known})
+
+
+@dataclass
+class EvalResult:
+    """What `run_eval` did and what the run directory now holds."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    """metrics.json: mini_o3.metrics.summarize over every episode of the run."""
+    episodes: int
+    """Episodes the run holds (questions x K)."""
+    ran: int
+    """Episodes this call ran."""
+    resumed: int
+    """Episodes found finished on disk and not run again."""
+    errors: int
+    """Episodes of the run whose status is `error` (rerun them with retry_errors)."""
+    turns: int
+    """Assistant turns this call ran."""
+    elapsed_s: float
+    """Wall time of the episode phase of this call."""
+    skipped_records: int = 0
+    """Bad data records skipped at load time (skip_bad)."""
+    judge_errors: int = 0
+    """Episodes the judge gave no verdict on (they keep their rule score)."""
+    statuses: dict[str, int] = field(default_factory=dict)
+    """Episodes of the run by status."""
+
+    @property
+    def turns_per_s(self) -> float:
+        """Assistant turns per second of this call's episode phase."""
+        return self.turns / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+# ---------------------------------------------------------------- per-turn seeds
+
+
+def turn_seed(seed: int, sample_id: str, run: int, turn: int) -> int:
+    """The sampling seed of one turn: a stable hash of (seed, sample id, run, turn) below 2**31."""
+    digest = hashlib.blake2b(f"{seed}\x00{sample_id}\x00{run}\x00{turn}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (2**31 - 1)
+
+
+_RUN_META = "_mini_o3_eval_run"
+
+
+class _SeededPolicy:
+    """Wraps a policy so that every turn samples with `turn_seed(...)`; binds per episode like the oracle."""
+
+    def __init__(self, policy: Policy, seed: int, sample_id: str | None = None, run: int = 0) -> None:
+        self.policy = policy
+        self.seed = seed
+        self.sample_id = sample_id
+        self.run = run
+
+    def bind(self, sample: Sample) -> "_SeededPolicy":
+        """A copy for one episode (the run number travels in the job's sample copy)."""
+        inner = self.policy.bind(sample) if hasattr(self.policy, "bind") else self.policy
+        return _SeededPolicy(inner, self.seed, sample.id, int(sample.meta.get(_RUN_META, 0)))
+
+    def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams) -> Generation:
+        """The inner policy's turn, sampled with this turn's seed."""
+        turn = sum(1 for message in messages if message["role"] == "assistant")
+        seeded = replace(sampling, seed=turn_seed(self.seed, self.sample_id or "", self.run, turn))
+        return self.policy.generate(messages, seeded)
+
+    def __getattr__(self, name: str) -> Any:  # count_tokens and the like come from the inner policy
+        return getattr(self.policy, name)
+
+
+# ---------------------------------------------------------------- run directory files
+
+
+def repair_jsonl_tail(path: Path) -> int:
+    """Cut a torn last line (a crash mid-write) off a JSONL file so appends start on a fresh line; returns bytes cut."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as handle:
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return 0
+        end, chunk = size, 1 << 16
+        keep = 0
+        while end > 0:
+            start = max(0, end - chunk)
+            handle.seek(start)
+            block = handle.read(end - start)
+            at = block.rfind(b"\n")
+            if at >= 0:
+                keep = start + at + 1
+                break
+            end = start
+        handle.truncate(keep)
+        return size - keep
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def latest_trajectories(run_dir: str | Path) -> dict[tuple[str, int], Trajectory]:
+    """The last trajectory written for every (sample id, run) of a run directory, in first-seen order."""
+    path = Path(run_dir) / TRAJECTORIES_FILE
+    latest: dict[tuple[str, int], Trajectory] = {}
+    if path.exists():
+        for trajectory in read_jsonl(path):
+            latest[(trajectory.sample_id, int(trajectory.meta.get("run", 0)))] = trajectory
+    return latest
+
+
+def read_results(run_dir: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The last result record for every (sample id, run) in results.jsonl; a torn last line is skipped."""
+    path = Path(run_dir) / RESULTS_FILE
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    if not path.exists():
+        return results
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            results[(record["sample_id"], int(record["run"]))] = record
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            if number == len(lines) and not line.endswith("\n"):
+                break
+            raise RunDirError(f"{path}:{number}: not a result record ({error}); delete the line, then run `rescore`") from error
+    return results
+
+
+def load_config(run_dir: str | Path) -> EvalConfig:
+    """The EvalConfig saved in a run directory."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise RunDirError(f"{run_dir} is not an eval run directory (no {CONFIG_FILE}); point at the --out of `mini-o3 eval`")
+    try:
+        return EvalConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunDirError(f"cannot read {path}: {error}") from error
+
+
+def _check_resumable(run_dir: Path, config: EvalConfig) -> None:
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["config"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunDirError(f"cannot read {path} ({error}); fix or delete it, or choose another --out") from error
+    current = config.to_dict()
+    different = [
+        f"{name}: {saved.get(name)!r} on disk, {current[name]!r} now"
+        for name in _IDENTITY_FIELDS
+        if name in saved and saved[name] != current[name]
+    ]
+    if different:
+        raise RunDirError(
+            f"{run_dir} holds a run made with other settings ({'; '.join(different)}); "
+            "resume it with the same settings, or choose another --out"
+        )
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def result_record(trajectory: Trajectory, rule: Score, judge: Score | None = None, judge_error: str | None = None, judge_mode: str = "rescue") -> dict[str, Any]:
+    """The results.jsonl line of one episode: what it did, the rule score, the judge's, and the final score."""
+    final = rule
+    if judge is not None and (judge_mode == "all" or not rule.correct):
+        final = judge
+    return {
+        "sample_id": trajectory.sample_id,
+        "run": int(trajectory.meta.get("run", 0)),
+        "status": trajectory.status.value,
+        "turns": trajectory.num_turns,
+        "split": trajectory.split,
+        "category": trajectory.category,
+        "answer": trajectory.answer,
+        "ground_truth": trajectory.ground_truth,
+        "rule": rule.to_dict(),
+        "judge": judge.to_dict() if judge is not None else None,
+        "judge_error": judge_error,
+        "score": final.to_dict(),
+    }
+
+
+def rule_score(trajectory: Trajectory) -> Score:
+    """The rule-based score of a trajectory; a sample the rules cannot score is wrong, with the reason."""
+    try:
+        return score_trajectory(trajectory)
+    except Exception as error:  # one bad ground truth must not stop a run: it is recorded and counted
+        return Score(False, None, "none", f"could not score: {type(error).__name__}: {error}")
+
+
+def _judge_one(judge: LLMJudge, trajectory: Trajectory, rule: Score, mode: str) -> tuple[Score | None, str | None]:
+    if mode == "rescue" and rule.correct:
+        return None, None
+    if trajectory.answer is None or not trajectory.answer.strip():
+        return None, None  # nothing to judge; the rule score (wrong) stands
+    try:
+        verdict = judge.judge(trajectory.question, _truth_for_judge(trajectory), trajectory.answer)
+    except JudgeError as error:
+        return None, str(error)
+    return verdict.as_score(rule.extracted), None
+
+
+def _judge_key(trajectory: Trajectory, rule: Score, mode: str) -> tuple[Any, ...]:
+    skip = (mode == "rescue" and rule.correct) or not (trajectory.answer or "").strip()
+    return ("skip",) if skip else (trajectory.question, _truth_for_judge(trajectory), trajectory.answer, rule.extracted)
+
+
+def _truth_for_judge(trajectory: Trajectory) -> str:
+    truth = trajectory.ground_truth
+    option = trajectory.options.get(truth.strip()) if trajectory.options else None
+    return f"({truth.strip()}) {option}" if option else truth
+
+
+def _judge_config(config: JudgeConfig, run_dir: Path) -> JudgeConfig:
+    if config.cache_path is None:
+        return replace(config, cache_path=run_dir / JUDGE_CACHE_FILE)
+    return config
+
+
+def score_run(
+    run_dir: str | Path,
+    trajectories: dict[tuple[str, int], Trajectory],
+    judge: JudgeConfig | None = None,
+    judge_mode: str = "rescue",
+    judge_concurrency: int = 8,
+    console: Console | None = None,
+    rules: dict[tuple[str, int], Score] | None = None,
+) -> tuple[dict[tuple[str, int], dict[str, Any]], int]:
+    """Score trajectories by the rules (unless `rules` holds them already) and, when given, the judge.
+
+    Returns (results.jsonl records by key, episodes the judge gave no verdict on).
+    """
+    run_dir = Path(run_dir)
+    keys = list(trajectories)
+    known = rules or {}
+    rules = {key: known[key] if key in known else rule_score(trajectories[key]) for key in keys}
+    verdicts: dict[tuple[str, int], tuple[Score | None, str | None]] = {}
+    if judge is not None:
+        with LLMJudge(_judge_config(judge, run_dir)) as client, ThreadPoolExecutor(judge_concurrency, thread_name_prefix="judge") as pool:
+            # K runs often give the same answer: ask once per distinct question, truth and answer.
+            futures: dict[tuple[Any, ...], Any] = {}
+            for key in keys:
+                asked = _judge_key(trajectories[key], rules[key], judge_mode)
+                if asked not in futures:
+                    futures[asked] = pool.submit(_judge_one, client, trajectories[key], rules[key], judge_mode)
+                verdicts[key] = futures[asked]  # type: ignore[assignment]
+            verdicts = {key: future.result() for key, future in verdicts.items()}  # type: ignore[attr-defined]
+            if console is not None:
+                console.print(f"judge: {client.requests_sent} requests, {len(client.cache)} verdicts cached")
+    records = {}
+    errors = 0
+    for key in keys:
+        judged, problem = verdicts.get(key, (None, None))
+        errors += problem is not None
+        records[key] = result_record(trajectories[key], rules[key], judged, problem, judge_mode)
+    return records, errors
+
+
+def _write_results(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
+    _write_atomic(run_dir / RESULTS_FILE, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+
+
+def summarize_run(
+    run_dir: str | Path,
+    trajectories: dict[tuple[str, int], Trajectory],
+    records: dict[tuple[str, int], dict[str, Any]],
+    max_turns: int,
+) -> dict[str, Any]:
+    """mini_o3.metrics.summarize over a run's episodes, written to metrics.json."""
+    from mini_o3 import metrics
+
+    results = [
+        metrics.EpisodeResult.from_trajectory(trajectories[key], Score.from_dict(records[key]["score"]), key[1])
+        for key in trajectories
+    ]
+    summary = metrics.summarize(results, max_turns)
+    _write_json(Path(run_dir) / METRICS_FILE, summary)
+    return summary
+
+
+def rescore(
+    run_dir: str | Path,
+    judge: JudgeConfig | None = None,
+    judge_mode: str | None = None,
+    report: bool = True,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Score a run's trajectories again (rules, and the judge when given) without the model; rewrite results and metrics.
+
+    `judge_mode` defaults to the run's own setting. Returns the new metrics.
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    repair_jsonl_tail(run_dir / TRAJECTORIES_FILE)
+    trajectories = _run_trajectories(run_dir, config, read_results(run_dir))
+    records, _ = score_run(run_dir, trajectories, judge, judge_mode or config.judge_mode, config.judge_concurrency, console)
+    _write_results(run_dir, records.values())
+    summary = summarize_run(run_dir, trajectories, records, config.max_turns)
+    if report:
+        from mini_o3.report import write_report
+
+        write_report(run_dir, config.report_episodes)
+    return summary
+
+
+def _run_trajectories(
+    run_dir: Path, config: EvalConfig, results: dict[tuple[str, int], dict[str, Any]]
+) -> dict[tuple[str, int], Trajectory]:
+    """The episodes a run holds: those results.jsonl lists (or every one, before results exist), K runs at most."""
+    latest = latest_trajectories(run_dir)
+    keys = [key for key in latest if key[1] < config.samples and (not results or key in results)]
+    return {key: latest[key] for key in keys}
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None) -> EvalResult:
+    """Evaluate `policy` as `config` says; resume whatever the run directory already holds."""
+    from mini_o3.data.loading import load_dataset
+
+    console = console or Console(stderr=True)
+    run_dir = config.out
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_resumable(run_dir, config)
+    console.print(f"[bold]mini-o3 eval[/bold] -> {run_dir}")
+    console.print_json(json.dumps(config.to_dict(), default=str))
+
+    loaded = load_dataset(config.data, skip_bad=config.skip_bad, limit=config.limit)
+    samples = loaded.samples
+    _check_unique_ids(samples, config.data)
+    if loaded.reasons:
+        _write_atomic(run_dir / SKIPPED_FILE, "".join(reason + "\n" for reason in loaded.reasons))
+    _write_json(
+        run_dir / CONFIG_FILE,
+        {
+            "config": config.to_dict(),
+            "mini_o3_version": __version__,
+            "policy": describe_policy(policy),
+            "dataset": {"kind": loaded.kind, "path": str(loaded.path), "questions": len(samples), "skipped": loaded.skipped},
+            "episode_config": asdict(config.episode_config()),
+        },
+    )
+    console.print(loaded.summary())
+
+    for name in (TRAJECTORIES_FILE, RESULTS_FILE):
+        cut = repair_jsonl_tail(run_dir / name)
+        if cut:
+            console.print(f"[yellow]repaired {name}: dropped a torn last line of {cut} bytes (that episode runs again)[/yellow]")
+    store = TrajectoryStore(run_dir, save_views=config.save_views, filename=TRAJECTORIES_FILE)
+    latest = latest_trajectories(run_dir)
+    results = read_results(run_dir)
+
+    wanted = [(sample.id, run) for run in range(config.samples) for sample in samples]
+    # A trajectory whose result line was lost (killed between the two appends) is scored, not rerun.
+    missing = [key for key in wanted if key in latest and not _result_matches(results.get(key), latest[key])]
+    if missing:
+        with (run_dir / RESULTS_FILE).open("a", encoding="utf-8") as handle:
+            for key in missing:
+                results[key] = result_record(latest[key], rule_score(latest[key]))
+                handle.write(json.dumps(results[key], ensure_ascii=False) + "\n")
+
+    def needs_run(key: tuple[str, int]) -> bool:
+        finished = latest.get(key)
+        return finished is None or (config.retry_errors and finished.status == Status.ERROR)
+
+    by_id = {sample.id: sample for sample in samples}
+    todo = [key for key in wanted if needs_run(key)]
+    resumed = len(wanted) - len(todo)
+    if resumed:
+        retried = sum(1 for key in todo if key in latest)
+        console.print(f"resuming: {resumed} of {len(wanted)} episodes already finished" + (f"; retrying {retried} errors" if retried else ""))
+
+    turns, ran, started = 0, 0, time.perf_counter()
+    episode_policy: Policy = _SeededPolicy(policy, config.seed) if config.seed is not None else policy
+    writer = _Writer(store, run_dir / RESULTS_FILE, latest, results)
+    try:
+        with _progress(console, config.progress) as progress:
+            task = progress.add_task("episodes", total=len(wanted), completed=resumed, errors=0, speed="")
+            errors_now = 0
+            for episode in run_episodes(episode_policy, _jobs(todo, by_id), config.episode_config(), config.concurrency):
+                # agent.run_episode leaves meta["run"] unset on an episode that failed before its first turn.
+                episode.trajectory.meta["run"] = episode.run
+                writer.put(episode)
+                ran += 1
+                turns += episode.trajectory.num_turns
+                errors_now += episode.trajectory.status == Status.ERROR
+                elapsed = time.perf_counter() - started
+                progress.update(task, advance=1, errors=errors_now, speed=f"{turns / elapsed:.1f} turns/s" if elapsed > 0 else "")
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted after {ran} episodes; saving them; run the same command again to resume[/yellow]")
+        raise
+    finally:
+        writer.close()  # every finished episode is on disk before we go on (or out)
+    elapsed = time.perf_counter() - started
+
+    trajectories = {key: latest[key] for key in wanted if key in latest}
+    rules = {key: Score.from_dict(results[key]["rule"]) for key in trajectories}
+    records, judge_errors = score_run(run_dir, trajectories, config.judge, config.judge_mode, config.judge_concurrency, console, rules)
+    _write_results(run_dir, records.values())
+    summary = summarize_run(run_dir, trajectories, records, config.max_turns)
+    statuses: dict[str, int] = {}
+    for trajectory in trajectories.values():
+        statuses[trajectory.status.value] = statuses.get(trajectory.status.value, 0) + 1
+    result = EvalResult(
+        run_dir=run_dir,
+        metrics=summary,
+        episodes=len(wanted),
+        ran=ran,
+        resumed=resumed,
+        errors=statuses.get(Status.ERROR.value, 0),
+        turns=turns,
+        elapsed_s=elapsed,
+        skipped_records=loaded.skipped,
+        judge_errors=judge_errors,
+        statuses=statuses,
+    )
+    if config.report:
+        from mini_o3.report import write_report
+
+        write_report(run_dir, config.report_episodes)
+    _print_summary(console, result)
+    return result
+
+
+def describe_policy(policy: Policy) -> str:
+    """A one-line description of a policy for config.json and the report (its repr when it has one)."""
+    if type(policy).__repr__ is not object.__repr__:
+        return repr(policy)
+    return f"{type(policy).__module__}.{type(policy).__qualname__}"
+
+
+class _Writer:
+    """Saves finished episodes (views, trajectory line, then its result line) from a queue, off the runner's thread.
+
+    The runner hands an episode over and goes straight back to `run_episodes`, which starts the
+    next job only when asked for the next finished episode: saving in line would leave slots
+    empty while a burst of finished episodes is saved one by one. A few threads share the
+    queue because saving is mostly file creation (one JPEG per view), which waits on the file
+    system without holding the GIL; each episode's lines are still written in order.
+    """
+
+    def __init__(self, store: TrajectoryStore, results_path: Path, latest: dict, results: dict, threads: int = 4) -> None:
+        self.store = store
+        self.latest = latest
+        self.results = results
+        self.error: BaseException | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._results_file = results_path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._work, name=f"eval-writer-{i}", daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, episode: Episode) -> None:
+        """Queue a finished episode; raises the writer's error if saving failed."""
+        self._raise()
+        self._queue.put(episode)
+
+    def close(self) -> None:
+        """Save everything queued, stop, and raise the error if saving failed."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._results_file.close()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"cannot save episodes in {self.store.root}: {self.error}") from self.error
+
+    def _work(self) -> None:
+        while True:
+            episode = self._queue.get()
+            if episode is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                trajectory = self.store.add(episode)
+                record = result_record(trajectory, rule_score(trajectory))
+                line = json.dumps(record, ensure_ascii=False) + "\n"
+                with self._lock:
+                    self._results_file.write(line)
+                    self._results_file.flush()
+                    self.latest[(trajectory.sample_id, episode.run)] = trajectory
+                    self.results[(trajectory.sample_id, episode.run)] = record
+            except BaseException as error:  # reported to the runner, which stops
+                self.error = error
+
+
+def _result_matches(record: dict[str, Any] | None, trajectory: Trajectory) -> bool:
+    """Whether a results line belongs to this trajectory (not to an earlier attempt of a retried episode)."""
+    return (
+        record is not None
+        and record.get("status") == trajectory.status.value
+        and record.get("turns") == trajectory.num_turns
+        and record.get("answer") == trajectory.answer
+        and isinstance(record.get("rule"), dict)
+    )
+
+
+def _jobs(keys: list[tuple[str, int]], by_id: dict[str, Sample]) -> Iterator[tuple[Sample, int]]:
+    for sample_id, run in keys:
+        sample = by_id[sample_id]
+        # A shallow copy carries the run number to the seeding wrapper's bind(); trajectories never copy meta.
+        yield replace(sample, meta={**sample.meta, _RUN_META: run}), run
+
+
+def _check_unique_ids(samples: list[Sample], spec: str) -> None:
+    seen: set[str] = set()
+    duplicates = []
+    for sample in samples:
+        if sample.id in seen:
+            duplicates.append(sample.id)
+        seen.add(sample.id)
+    if duplicates:
+        shown = ", ".join(repr(item) for item in duplicates[:5])
+        raise ValueError(
+            f"{spec}: {len(duplicates)} question id(s) appear more than once ({shown}); results are kept per id, "
+            "so give every question its own id"
+        )
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]}"),
+        TextColumn("[red]{task.fields[errors]} errors"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        refresh_per_second=4,
+    )
+
+
+def _print_summary(console: Console, result: EvalResult) -> None:
+    statuses = ", ".join(f"{name} {count}" for name, count in sorted(result.statuses.items()))
+    console.print(
+        f"{result.episodes} episodes ({result.ran} run now, {result.resumed} resumed), {result.turns} turns in "
+        f"{result.elapsed_s:.1f} s ({result.turns_per_s:.1f} turns/s); {statuses}"
+    )
+    headline = _headline(result.metrics)
+    if headline:
+        console.print(headline)
+    if result.errors:
+        console.print(f"[yellow]{result.errors} episodes ended in error; run the same command with --retry-errors to run them again[/yellow]")
+    if result.judge_errors:
+        console.print(f"[yellow]the judge gave no verdict on {result.judge_errors} episodes (they keep their rule score); rerun `rescore` to ask again[/yellow]")
+    console.print(f"wrote {result.run_dir / METRICS_FILE}" + (f" and {result.run_dir / 'index.html'}" if (result.run_dir / "index.html").exists() else ""))
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    if summary.get("avg_at_k") is None:
+        return ""
+    runs = (summary.get("runs_per_sample") or {}).get("max", 1)
+    return (
+        f"[bold]Avg@{runs} {100 * summary['avg_at_k']:.1f}%[/bold], pass@{runs} {100 * summary['pass_at_k']:.1f}% "
+        f"over {summary['samples']} questions"
+    )

@@ -1,0 +1,464 @@
+"""The eval runner: through a real loopback server, resume after SIGKILL, errors and retries, rescoring, seeds, budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mini_o3 import protocol
+from mini_o3.evaluate import (
+    RESULTS_FILE,
+    TRAJECTORIES_FILE,
+    EvalConfig,
+    RunDirError,
+    latest_trajectories,
+    read_results,
+    repair_jsonl_tail,
+    rescore,
+    run_eval,
+    turn_seed,
+)
+from mini_o3.judge import JudgeConfig
+from mini_o3.policies.base import Generation, SamplingParams
+from mini_o3.policies.http import HttpPolicy
+from mini_o3.policies.scripted import ScriptedPolicy
+from mini_o3.serve import start_server
+
+ZOOM = "<think>Let me look closer.</think>" + protocol.render_zoom(protocol.Zoom((0.1, 0.1, 0.6, 0.6)))
+
+
+def make_dataset(folder: Path, count: int = 6, corrupt: tuple[int, ...] = ()) -> str:
+    """A generic-form dataset of `count` small images; odd ids have the answer "red", even ones "blue"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for index in range(count):
+        path = folder / f"img{index}.png"
+        if index in corrupt:
+            path.write_bytes(b"not an image at all")
+        else:
+            Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(path)
+        records.append(
+            {"id": f"q{index}", "image": path.name, "question": f"What colour is the sign? zooms={index % 3}",
+             "answer": "red" if index % 2 else "blue", "category": f"c{index % 2}"}
+        )
+    (folder / "data.json").write_text(json.dumps(records))
+    return f"json:{folder / 'data.json'}"
+
+
+def config(data: str, out: Path, **overrides: Any) -> EvalConfig:
+    settings: dict[str, Any] = dict(data=data, out=out, samples=2, max_turns=6, concurrency=4, progress=False, report=False,
+                                    max_pixels=160 * 120, min_pixels=28 * 28)
+    settings.update(overrides)
+    return EvalConfig(**settings)
+
+
+def zoom_then_red() -> ScriptedPolicy:
+    return ScriptedPolicy([ZOOM, "<think>It is red.</think><answer>red</answer>"])
+
+
+def by_question(messages: list[dict[str, Any]]) -> str:
+    """Zoom as often as the question's `zooms=N` says, then answer "red"."""
+    question = messages[1]["content"][-1]["text"]
+    zooms = int(re.search(r"zooms=(\d+)", question).group(1))
+    done = sum(1 for message in messages if message["role"] == "assistant")
+    return ZOOM if done < zooms else "<think>Found it.</think><answer>red</answer>"
+
+
+def keys_in(path: Path) -> Counter:
+    """(sample id, run) of every complete line of a JSONL file, with counts."""
+    counts: Counter = Counter()
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.endswith("\n") and line.strip():
+            record = json.loads(line)
+            counts[(record["sample_id"], int(record.get("run", record.get("meta", {}).get("run", 0))))] += 1
+    return counts
+
+
+def trajectory_keys(path: Path) -> Counter:
+    counts: Counter = Counter()
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.endswith("\n") and line.strip():
+            record = json.loads(line)
+            counts[(record["sample_id"], int(record["meta"]["run"]))] += 1
+    return counts
+
+
+@pytest.fixture()
+def serve():
+    servers = []
+
+    def start(policy, **options):
+        server, url = start_server(policy, **options)
+        servers.append(server)
+        return server, url
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# ---------------------------------------------------------------- through a real server
+
+
+def test_eval_through_a_loopback_server_streams_scores_and_summarises(tmp_path: Path, serve) -> None:
+    data = make_dataset(tmp_path / "data")
+    server, url = serve(zoom_then_red())
+    result = run_eval(config(data, tmp_path / "run"), HttpPolicy([url], model="mini-o3"))
+
+    assert (result.episodes, result.ran, result.resumed, result.errors) == (12, 12, 0, 0)
+    assert result.turns == 24 and server.chat_requests == 24
+    assert result.metrics["avg_at_k"] == pytest.approx(0.5)  # the odd ids' answer is red
+    assert result.metrics["status_counts"]["answered"] == 12
+    assert result.metrics["accuracy_by_budget"][:3] == pytest.approx([0.0, 0.5, 0.5])
+    assert result.metrics["by_category"]["c1"]["avg_at_k"] == 1.0
+
+    run = tmp_path / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["samples"] == 2 and saved["dataset"]["questions"] == 6 and "HttpPolicy" in saved["policy"]
+    assert json.loads((run / "metrics.json").read_text()) == result.metrics
+    results = read_results(run)
+    assert len(results) == 12
+    record = results[("q1", 1)]
+    assert record["score"]["correct"] and record["rule"]["matched_by"] == "exact" and record["judge"] is None
+    assert not results[("q0", 0)]["score"]["correct"]
+    trajectory = latest_trajectories(run)[("q1", 1)]
+    assert [view.file for view in trajectory.views] == ["views/q1__r1/0.jpg", "views/q1__r1/1.jpg"]
+    assert all((run / view.file).is_file() for view in trajectory.views)
+
+
+def test_several_endpoints_share_the_load(tmp_path: Path, serve) -> None:
+    data = make_dataset(tmp_path / "data", count=4)
+    first, url_a = serve(zoom_then_red(), delay_s=0.01)
+    second, url_b = serve(zoom_then_red(), delay_s=0.01)
+    result = run_eval(config(data, tmp_path / "run", samples=4), HttpPolicy([url_a, url_b], model="m"))
+    assert result.errors == 0 and first.chat_requests + second.chat_requests == 32
+    assert first.chat_requests >= 8 and second.chat_requests >= 8
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_rerunning_redoes_nothing_and_a_larger_limit_or_k_runs_only_the_rest(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data")
+    policy = zoom_then_red()
+    first = run_eval(config(data, tmp_path / "run", limit=3), policy)
+    assert first.ran == 6 and policy.calls == 12
+
+    again = run_eval(config(data, tmp_path / "run", limit=3), policy)
+    assert (again.ran, again.resumed) == (0, 6) and policy.calls == 12
+    assert again.metrics == first.metrics
+
+    more = run_eval(config(data, tmp_path / "run", samples=3), policy)
+    assert (more.ran, more.resumed, more.episodes) == (12, 6, 18) and policy.calls == 36
+    assert more.metrics["runs_per_sample"] == {"min": 3, "max": 3}
+    assert sum(trajectory_keys(tmp_path / "run" / TRAJECTORIES_FILE).values()) == 18
+    assert len(read_results(tmp_path / "run")) == 18
+
+
+def test_a_run_directory_with_other_settings_is_refused(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", count=2)
+    run_eval(config(data, tmp_path / "run"), zoom_then_red())
+    with pytest.raises(RunDirError, match="max_turns: 6 on disk, 8 now"):
+        run_eval(config(data, tmp_path / "run", max_turns=8), zoom_then_red())
+    # Settings that do not change an episode may differ.
+    run_eval(config(data, tmp_path / "run", concurrency=1, retry_errors=True), zoom_then_red())
+
+
+def test_torn_lines_are_repaired_and_a_lost_result_is_scored_not_rerun(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", count=3)
+    run = tmp_path / "run"
+    run_eval(config(data, run), zoom_then_red())
+    trajectories, results = run / TRAJECTORIES_FILE, run / RESULTS_FILE
+    # Killed while appending: the results line of the last episode is lost, and a next
+    # trajectory was half written.
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text("".join(lines[:-1]) + lines[-1][:25])
+    last = json.loads(lines[-1])
+    lost = (last["sample_id"], last["run"])
+    whole = trajectories.read_text().splitlines(keepends=True)
+    kept = [line for line in whole if (json.loads(line)["sample_id"], json.loads(line)["meta"]["run"]) != ("q0", 0)]
+    torn = [line for line in whole if line not in kept][0][:300]
+    trajectories.write_text("".join(kept) + torn)
+
+    policy = zoom_then_red()
+    result = run_eval(config(data, run), policy)
+    assert (result.ran, result.resumed) == (1, 5) and policy.calls == 2  # only the torn episode runs again
+    assert set(trajectory_keys(trajectories).values()) == {1}
+    assert lost in read_results(run) and len(read_results(run)) == 6
+    assert result.metrics["episodes"] == 6
+
+
+def test_repair_jsonl_tail(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    assert repair_jsonl_tail(path) == 0
+    path.write_text('{"a": 1}\n{"b": ')
+    assert repair_jsonl_tail(path) == 6 and path.read_text() == '{"a": 1}\n'
+    assert repair_jsonl_tail(path) == 0
+    path.write_text("x" * 200_000)
+    assert repair_jsonl_tail(path) == 200_000 and path.read_text() == ""
+
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from mini_o3.evaluate import EvalConfig, run_eval
+    from mini_o3.policies.scripted import ScriptedPolicy
+    zoom = sys.argv[3]
+    policy = ScriptedPolicy([zoom, zoom, "<think>ok</think><answer>red</answer>"], delay_s=0.01)
+    run_eval(EvalConfig(data=sys.argv[1], out=Path(sys.argv[2]), samples=2, max_turns=6, concurrency=4,
+                        progress=False, report=False, max_pixels=160 * 120, min_pixels=28 * 28), policy)
+    """
+)
+
+
+def test_sigkill_at_any_moment_then_rerun_loses_nothing_and_redoes_nothing(tmp_path: Path) -> None:
+    count = 30
+    data = make_dataset(tmp_path / "data", count=count)
+    run = tmp_path / "run"
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLED_RUN)
+    trajectories = run / TRAJECTORIES_FILE
+    for kill_after in (8, 30):  # two kills at different points of the run
+        process = subprocess.Popen([sys.executable, str(script), data, str(run), ZOOM], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if trajectories.exists() and trajectories.read_bytes().count(b"\n") >= kill_after:
+                break
+            time.sleep(0.005)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+    finished = trajectory_keys(trajectories)
+    assert set(finished.values()) == {1} and 30 <= len(finished) < 2 * count
+
+    policy = ScriptedPolicy([ZOOM, ZOOM, "<think>ok</think><answer>red</answer>"])
+    result = run_eval(config(data, run), policy)
+    assert result.resumed == len(finished) and result.ran == 2 * count - len(finished)
+    assert policy.calls == 3 * result.ran
+    after = trajectory_keys(trajectories)
+    assert len(after) == 2 * count and set(after.values()) == {1}  # every episode once: nothing redone, nothing lost
+    assert len(read_results(run)) == 2 * count and set(keys_in(run / RESULTS_FILE).values()) == {1}
+    assert result.metrics["episodes"] == 2 * count and result.metrics["status_counts"]["answered"] == 2 * count
+    assert result.metrics["avg_at_k"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_a_dead_server_is_recorded_as_errors_and_retry_errors_reruns_them(tmp_path: Path, serve) -> None:
+    data = make_dataset(tmp_path / "data", count=3)
+    dead, url = serve(zoom_then_red())
+    dead.stop()
+    result = run_eval(config(data, tmp_path / "run"), HttpPolicy([url], model="m", max_retries=1, backoff_s=0.01))
+    assert result.errors == 6 and result.metrics["status_counts"]["error"] == 6 and result.metrics["avg_at_k"] == 0.0
+    trajectory = latest_trajectories(tmp_path / "run")[("q0", 0)]
+    assert "cannot reach" in trajectory.error
+
+    _, url = serve(zoom_then_red())
+    policy = HttpPolicy([url], model="m")
+    assert run_eval(config(data, tmp_path / "run"), policy).ran == 0  # errors are finished episodes unless asked
+    retried = run_eval(config(data, tmp_path / "run", retry_errors=True), policy)
+    assert (retried.ran, retried.errors) == (6, 0) and retried.metrics["avg_at_k"] == pytest.approx(1 / 3)
+    assert len(latest_trajectories(tmp_path / "run")) == 6
+
+
+def test_a_retried_episode_whose_result_line_was_lost_gets_its_own_result(tmp_path: Path, serve) -> None:
+    data = make_dataset(tmp_path / "data", count=2)
+    run = tmp_path / "run"
+    dead, url = serve(zoom_then_red())
+    dead.stop()
+    run_eval(config(data, run), HttpPolicy([url], model="m", max_retries=0))
+    _, url = serve(zoom_then_red())
+    run_eval(config(data, run, retry_errors=True), HttpPolicy([url], model="m"))
+    # Killed between the retried episode's trajectory line and its result line: the results
+    # file still holds that episode's old error result.
+    results = run / RESULTS_FILE
+    lines = results.read_text().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    assert last["status"] == "answered"
+    results.write_text("".join(line for line in lines if json.loads(line)["status"] == "error") + "".join(lines[:-1]))
+    policy = zoom_then_red()
+    result = run_eval(config(data, run), policy)
+    assert result.ran == 0 and policy.calls == 0 and result.errors == 0
+    record = read_results(run)[(last["sample_id"], last["run"])]
+    assert record["status"] == "answered" and record["rule"]["extracted"] == "red"  # scored afresh, not the error's score
+
+
+def test_a_failing_server_costs_only_the_failed_episodes(tmp_path: Path, serve) -> None:
+    data = make_dataset(tmp_path / "data", count=4)
+    server, url = serve(zoom_then_red(), fail_first_n=3, fail_status=503)
+    run = tmp_path / "run"
+    result = run_eval(config(data, run, concurrency=1), HttpPolicy([url], model="m", max_retries=0, backoff_s=0.01))
+    assert result.errors == 3 and result.statuses["answered"] == 5
+    assert all("503" in t.error for t in latest_trajectories(run).values() if t.error)
+    retried = run_eval(config(data, run, retry_errors=True), HttpPolicy([url], model="m"))
+    assert (retried.ran, retried.errors, retried.resumed) == (3, 0, 5)
+    # Retries with backoff absorb transient failures without an error.
+    flaky, flaky_url = serve(zoom_then_red(), fail_first_n=2, fail_status=503)
+    steady = run_eval(config(data, tmp_path / "steady", concurrency=1), HttpPolicy([flaky_url], model="m", max_retries=3, backoff_s=0.01))
+    assert steady.errors == 0 and flaky.injected_failures == 2
+
+
+def test_a_bad_sample_never_stops_the_run(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", count=4, corrupt=(2,))
+    result = run_eval(config(data, tmp_path / "run"), zoom_then_red())
+    assert result.errors == 2 and result.statuses["answered"] == 6
+    bad = latest_trajectories(tmp_path / "run")[("q2", 1)]
+    assert bad.status.value == "error" and "img2.png" in bad.error
+
+
+def test_a_run_that_cannot_save_stops_with_a_clear_error(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", count=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "views").write_text("a file where the views folder should be")
+    with pytest.raises(RuntimeError, match="cannot save episodes in"):
+        run_eval(config(data, run), zoom_then_red())
+
+
+# ---------------------------------------------------------------- scoring and rescoring
+
+
+def test_rescore_with_a_judge_keeps_both_scores_and_caches_verdicts(tmp_path: Path, serve) -> None:
+    data = make_dataset(tmp_path / "data", count=4)
+    run = tmp_path / "run"
+    policy = ScriptedPolicy(["<think>hm</think><answer>crimson</answer>"])
+    first = run_eval(config(data, run), policy)
+    assert first.metrics["avg_at_k"] == 0.0
+
+    def judge_script(messages: list[dict[str, Any]]) -> str:
+        text = messages[-1]["content"][0]["text"]
+        return "Score: 1" if "Reference answer: red" in text else "Score: 0"
+
+    judge_server, judge_url = serve(ScriptedPolicy(judge_script))
+    judge = JudgeConfig(base_url=judge_url, model="judge", backoff_s=0.01)
+    metrics = rescore(run, judge=judge, report=False)
+    assert metrics["avg_at_k"] == pytest.approx(0.5) and policy.calls == 8  # the model was not asked again
+    record = read_results(run)[("q1", 0)]
+    assert record["rule"]["correct"] is False and record["judge"]["matched_by"] == "judge" and record["score"]["correct"]
+    assert (run / "judge_cache.jsonl").exists()
+    requests = judge_server.chat_requests
+    assert requests == 4  # one per distinct (question, truth, answer), not one per run
+    rescore(run, judge=judge, report=False)
+    assert judge_server.chat_requests == requests
+    assert rescore(run, report=False)["avg_at_k"] == 0.0  # rules only again
+
+
+def test_judge_in_the_run_rescues_only_rule_misses(tmp_path: Path, serve) -> None:
+    data = make_dataset(tmp_path / "data", count=2)
+    judge_server, judge_url = serve(ScriptedPolicy(lambda messages: "Score: 1"))
+    judge = JudgeConfig(base_url=judge_url, model="judge")
+    result = run_eval(config(data, tmp_path / "run", judge=judge), zoom_then_red())
+    assert result.metrics["avg_at_k"] == 1.0 and judge_server.chat_requests == 1  # only q0's "red" vs "blue" is asked
+    results = read_results(tmp_path / "run")
+    assert results[("q1", 0)]["judge"] is None and results[("q0", 0)]["judge"]["correct"]
+
+
+def test_a_dead_judge_leaves_the_rule_score_and_is_counted(tmp_path: Path, serve) -> None:
+    data = make_dataset(tmp_path / "data", count=2)
+    dead, url = serve(ScriptedPolicy(lambda messages: "Score: 1"))
+    dead.stop()
+    judge = JudgeConfig(base_url=url, model="judge", max_retries=0)
+    result = run_eval(config(data, tmp_path / "run", judge=judge), zoom_then_red())
+    assert result.judge_errors == 2 and result.metrics["avg_at_k"] == 0.5
+    assert read_results(tmp_path / "run")[("q0", 0)]["judge_error"]
+
+
+# ---------------------------------------------------------------- seeds and budgets
+
+
+class SeedRecorder:
+    """A policy that answers at once and remembers the seed of every call."""
+
+    def __init__(self) -> None:
+        self.seeds: list[int | None] = []
+
+    def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams) -> Generation:
+        self.seeds.append(sampling.seed)
+        return Generation("<answer>red</answer>")
+
+
+def test_every_run_samples_with_its_own_repeatable_seed(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", count=3)
+    first, second, unseeded = SeedRecorder(), SeedRecorder(), SeedRecorder()
+    run_eval(config(data, tmp_path / "a", samples=3, concurrency=1), first)
+    run_eval(config(data, tmp_path / "b", samples=3, concurrency=1), second)
+    run_eval(config(data, tmp_path / "c", samples=3, seed=None), unseeded)
+    assert first.seeds == second.seeds and len(set(first.seeds)) == 9
+    assert turn_seed(0, "q0", 0, 0) in first.seeds and turn_seed(0, "q0", 0, 0) != turn_seed(1, "q0", 0, 0)
+    assert unseeded.seeds == [None] * 9
+
+
+def test_accuracy_at_budget_k_equals_a_run_with_budget_k(tmp_path: Path) -> None:
+    """The prompt never states the budget, so the curve read off one run equals separate runs."""
+    data = make_dataset(tmp_path / "data", count=6)  # questions need 0, 1 or 2 zooms
+    full = run_eval(config(data, tmp_path / "full", max_turns=4, samples=1), ScriptedPolicy(by_question))
+    curve = full.metrics["accuracy_by_budget"]
+    assert curve == pytest.approx([1 / 6, 2 / 6, 3 / 6, 3 / 6])
+    for budget in (1, 2, 3):
+        cut = run_eval(config(data, tmp_path / f"k{budget}", max_turns=budget, samples=1), ScriptedPolicy(by_question))
+        assert cut.metrics["avg_at_k"] == pytest.approx(curve[budget - 1])
+        assert cut.metrics["accuracy_by_budget"] == pytest.approx(curve[:budget])
+
+
+def test_config_validates_and_round_trips(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="samples"):
+        EvalConfig(data="x", samples=0)
+    with pytest.raises(ValueError, match="judge_mode"):
+        EvalConfig(data="x", judge_mode="sometimes")
+    with pytest.raises(ValueError, match="max_turns"):
+        EvalConfig(data="x", max_turns=0)
+    original = EvalConfig(data="x", out=tmp_path, judge=JudgeConfig(base_url="http://h/v1", model="j"))
+    assert EvalConfig.from_dict(json.loads(json.dumps(original.to_dict()))) == original
+
+
+def test_duplicate_question_ids_are_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    make_dataset(folder, count=2)
+    records = json.loads((folder / "data.json").read_text())
+    records[1]["id"] = records[0]["id"]
+    (folder / "data.json").write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="q0"):  # the loader refuses it; the runner would too
+        run_eval(config(f"json:{folder / 'data.json'}", tmp_path / "run"), zoom_then_red())
+
+
+# ---------------------------------------------------------------- the tiny model, end to end
+
+
+@pytest.mark.slow
+def test_tiny_model_end_to_end_through_a_loopback_server(tmp_path: Path, serve) -> None:
+    from mini_o3.policies.local import LocalPolicy
+    from mini_o3.tiny import build_tiny
+
+    checkpoint = build_tiny(tmp_path / "tiny", seed=0)
+    local = LocalPolicy(checkpoint, max_batch_size=8)
+    try:
+        server, url = serve(local)
+        data = make_dataset(tmp_path / "data", count=3)
+        settings = config(data, tmp_path / "run", samples=2, max_turns=3, max_new_tokens=12, report=True)
+        result = run_eval(settings, HttpPolicy([url], model="tiny"))
+    finally:
+        local.close()
+    assert result.errors == 0 and result.episodes == 6 and server.chat_requests == result.turns
+    assert sum(result.statuses.values()) == 6 and result.turns >= 6
+    assert set(result.statuses) <= {"answered", "no_answer", "over_turn", "over_context"}
+    assert result.metrics["episodes"] == 6 and len(result.metrics["accuracy_by_budget"]) == 3
+    assert (tmp_path / "run" / "index.html").is_file()
+    turns = [turn for t in latest_trajectories(tmp_path / "run").values() for turn in t.turns]
+    assert all(turn.completion_tokens is not None and turn.completion_tokens <= 12 for turn in turns)

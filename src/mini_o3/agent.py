@@ -64,7 +64,7 @@ def run_episode(
             count_image_tokens=getattr(policy, "image_tokens", None),
         )
     except (ImageLoadError, ValueError) as error:
-        return Episode(_failed_trajectory(sample, str(error)), [], run)
+        return Episode(_failed_trajectory(sample, str(error), run), [], run)
     while not env.done:
         try:
             generation = policy.generate(env.messages(), config.sampling)
@@ -81,7 +81,7 @@ def run_episode(
     return Episode(env.trajectory, env.views, run)
 
 
-def _failed_trajectory(sample: Sample, message: str) -> Trajectory:
+def _failed_trajectory(sample: Sample, message: str, run: int) -> Trajectory:
     return Trajectory(
         sample_id=sample.id,
         question=sample.question,
@@ -94,6 +94,7 @@ def _failed_trajectory(sample: Sample, message: str) -> Trajectory:
         category=sample.category,
         status=Status.ERROR,
         error=message,
+        meta={"run": run},
     )
 
 
@@ -115,18 +116,23 @@ def run_episodes(
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     pending: set[Future[Episode]] = set()
     job_iter = iter(jobs)
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode") as pool:
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < concurrency and not (stop and stop.is_set()):
-                try:
-                    sample, run = next(job_iter)
-                except StopIteration:
-                    exhausted = True
-                    break
-                pending.add(pool.submit(run_episode, policy, sample, config, count_tokens, None, run))
-            if not pending:
+    exhausted = False
+
+    def refill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(pending) < concurrency and not (stop and stop.is_set()):
+            try:
+                sample, run = next(job_iter)
+            except StopIteration:
+                exhausted = True
                 return
+            pending.add(pool.submit(run_episode, policy, sample, config, count_tokens, None, run))
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode") as pool:
+        refill()
+        while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            # Start replacements before the caller handles the finished ones, so slots never idle.
+            refill()
             for future in done:
                 yield future.result()

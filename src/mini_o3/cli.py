@@ -103,8 +103,8 @@ def search(
         console.print(f"[red]error:[/red] {escape(trajectory.error)}")
     console.print(f"answer: [bold green]{escape(trajectory.answer or '(none)')}[/bold green]")
     out = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
-    store = TrajectoryStore(out)
-    store.add(episode)
+    with TrajectoryStore(out) as store:
+        store.add(episode)
     draw_zoom_boxes(original, trajectory).save(out / "boxes.png")
     console.print(f"wrote {store.path} and {out / 'boxes.png'}")
 
@@ -128,6 +128,84 @@ def synth(
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2)
     console.print(report.summary())
+
+
+eval_app = typer.Typer(add_completion=False, help="Evaluate a policy: Avg@K, accuracy per turn budget, a report.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback(invoke_without_command=True)
+def eval_run(
+    ctx: typer.Context,
+    data: Optional[str] = typer.Option(None, help="Dataset spec, e.g. vstar:DIR, hrbench:FILE.tsv, synthetic:DIR, or a path."),
+    api: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL(s), comma-separated: they share the load."),
+    model: Optional[str] = typer.Option(None, help="Model name on the server."),
+    model_path: Optional[Path] = typer.Option(None, help="A local Qwen2.5-VL-class checkpoint directory."),
+    samples: int = typer.Option(1, help="K sampled runs per question (Avg@K)."),
+    max_turns: int = typer.Option(32, help="Assistant turns at most; every smaller budget is read off the same run."),
+    concurrency: int = typer.Option(32, help="Episodes in flight."),
+    out: Path = typer.Option(Path("runs/eval"), help="Run directory; the same command again resumes it."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (the paper evaluates at 1.0)."),
+    max_new_tokens: int = typer.Option(8192, help="Tokens per turn at most."),
+    seed: int = typer.Option(0, help="Base seed of the per-turn sampling seeds."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N questions."),
+    skip_bad: bool = typer.Option(False, help="Skip and count bad records instead of stopping."),
+    retry_errors: bool = typer.Option(False, help="Run again the episodes recorded as errors."),
+    max_pixels: int = typer.Option(2_000_000, help="Images are shown at most this many pixels."),
+    min_pixels: int = typer.Option(40_000, help="Images are shown at least this many pixels."),
+    numbering: str = typer.Option("reference", help="Observation labels: reference or consistent."),
+    judge_api: Optional[str] = typer.Option(None, help="An OpenAI-compatible judge endpoint (optional; rules score by default)."),
+    judge_model: Optional[str] = typer.Option(None, help="The judge's model name."),
+    judge_mode: str = typer.Option("rescue", help="rescue: judge only rule misses; all: the judge decides every answer."),
+    judge_api_key_env: str = typer.Option("MINI_O3_JUDGE_API_KEY", help="Environment variable holding the judge's key."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the policy server's key."),
+) -> None:
+    """Evaluate a policy on a dataset, resumably, and write metrics.json and index.html."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mini_o3.evaluate import EvalConfig, run_eval
+    from mini_o3.judge import JudgeConfig
+
+    if data is None:
+        raise typer.BadParameter("--data SPEC is required (e.g. synthetic:runs/synth-hard or vstar:/data/vstar_bench)")
+    judge = None
+    if judge_api is not None:
+        if not judge_model:
+            raise typer.BadParameter("--judge-api needs --judge-model")
+        judge = JudgeConfig(base_url=judge_api, model=judge_model, api_key_env=judge_api_key_env)
+    config = EvalConfig(
+        data=data, out=out, samples=samples, max_turns=max_turns, concurrency=concurrency, temperature=temperature,
+        max_new_tokens=max_new_tokens, seed=seed, limit=limit, skip_bad=skip_bad, retry_errors=retry_errors,
+        max_pixels=max_pixels, min_pixels=min_pixels, numbering=numbering, judge=judge, judge_mode=judge_mode,
+    )
+    policy = build_policy(api, model, model_path, api_key_env)
+    result = run_eval(config, policy, console=console)
+    console.print(f"report: {result.run_dir / 'index.html'}")
+
+
+@eval_app.command("compare")
+def eval_compare(run_a: Path = typer.Argument(..., help="First run directory."), run_b: Path = typer.Argument(..., help="Second run directory.")) -> None:
+    """Show two evaluation runs side by side."""
+    from mini_o3.report import compare_runs
+
+    console.print(compare_runs(run_a, run_b))
+
+
+@eval_app.command("rescore")
+def eval_rescore(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    judge_api: Optional[str] = typer.Option(None, help="An OpenAI-compatible judge endpoint; without one, rules only."),
+    judge_model: Optional[str] = typer.Option(None, help="The judge's model name."),
+    judge_mode: str = typer.Option("rescue", help="rescue or all."),
+    judge_api_key_env: str = typer.Option("MINI_O3_JUDGE_API_KEY", help="Environment variable holding the judge's key."),
+) -> None:
+    """Score a finished run again (rules or a judge) without calling the model."""
+    from mini_o3.evaluate import rescore
+    from mini_o3.judge import JudgeConfig
+
+    judge = JudgeConfig(base_url=judge_api, model=judge_model or "", api_key_env=judge_api_key_env) if judge_api else None
+    metrics = rescore(run_dir, judge=judge, judge_mode=judge_mode)
+    console.print_json(json.dumps({key: metrics[key] for key in ("avg_at_k", "pass_at_k") if key in metrics}, default=str))
 
 
 @app.command()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from pathlib import Path
 
 from mini_o3.agent import Episode
-from mini_o3.trajectory import Trajectory, read_jsonl, write_jsonl
+from mini_o3.trajectory import Trajectory, read_jsonl
 
 
 def safe_name(text: str) -> str:
@@ -25,6 +26,7 @@ class TrajectoryStore:
         self.path = self.root / filename
         self.save_views = save_views
         self._lock = threading.Lock()
+        self._handle = None
 
     def add(self, episode: Episode) -> Trajectory:
         """Save an episode's views, then append its trajectory (so a written line has its images)."""
@@ -36,9 +38,26 @@ class TrajectoryStore:
                 relative = folder / f"{record.index}.jpg"
                 view.image.save(self.root / relative, format="JPEG", quality=92)
                 record.file = relative.as_posix()
+        line = json.dumps(trajectory.to_dict(), ensure_ascii=False) + "\n"
         with self._lock:
-            write_jsonl(self.path, [trajectory])
+            if self._handle is None:
+                self._handle = self.path.open("a", encoding="utf-8")
+            self._handle.write(line)
+            self._handle.flush()
         return trajectory
+
+    def close(self) -> None:
+        """Close the JSONL file (it reopens on the next add)."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+
+    def __enter__(self) -> "TrajectoryStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def load(self) -> list[Trajectory]:
         """Every trajectory written so far."""

@@ -28,7 +28,7 @@ from mini_o3.exemplars import (
 )
 from mini_o3.env import Limits
 from mini_o3.policies.base import Generation, SamplingParams
-from mini_o3.policies.oracle import RUN_META_KEY, OraclePolicy
+from mini_o3.policies.oracle import OraclePolicy
 from mini_o3.policies.scripted import ScriptedPolicy
 from mini_o3.sft_data import (
     IMAGE_TOKEN,
@@ -144,8 +144,7 @@ def test_sft_dataset_is_written_in_both_forms_and_reloads(tmp_path: Path, synthe
 
 
 def _trajectory(sample: Sample, turns: list[str], run: int = 0, round_: int = 0, limits: Limits = Limits(max_turns=4)):
-    tagged = replace(sample, meta={**sample.meta, RUN_META_KEY: run})
-    trajectory = run_episode(ScriptedPolicy(turns), tagged, EpisodeConfig(limits=limits), run=run).trajectory
+    trajectory = run_episode(ScriptedPolicy(turns), sample, EpisodeConfig(limits=limits), run=run).trajectory
     trajectory.meta["round"] = round_
     return trajectory
 
@@ -225,8 +224,7 @@ class Recorder:
         self.wrong_runs = wrong_runs
         self.lock = threading.Lock()
 
-    def bind(self, sample: Sample) -> "Recorder._Bound":
-        run = int(sample.meta.get(RUN_META_KEY, 0))
+    def bind(self, sample: Sample, run: int = 0) -> "Recorder._Bound":
         with self.lock:
             self.binds.append((sample.id, run))
         return Recorder._Bound(self, run)
@@ -304,12 +302,12 @@ class Interrupting:
         self.started: list[tuple[str, int]] = []
         self.lock = threading.Lock()
 
-    def bind(self, sample: Sample):
+    def bind(self, sample: Sample, run: int = 0):
         with self.lock:
-            self.started.append((sample.id, int(sample.meta[RUN_META_KEY])))
+            self.started.append((sample.id, run))
             if self.stop is not None and len(self.started) >= self.after:
                 self.stop.set()
-        return self.oracle.bind(sample)
+        return self.oracle.bind(sample, run=run)
 
 
 def test_resume_after_interruption_redoes_nothing(tmp_path: Path, synthetic: list[Sample]) -> None:

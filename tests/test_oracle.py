@@ -17,7 +17,7 @@ from mini_o3.exemplars import classify_patterns
 from mini_o3.data.synth import GridConfig, SynthOptions, load_synthetic, synthesize
 from mini_o3.env import Limits, ZoomEnv
 from mini_o3.policies.base import Generation, PolicyError
-from mini_o3.policies.oracle import PATTERNS, RUN_META_KEY, OraclePolicy, PatternMix, grid_layout, oracle_answer
+from mini_o3.policies.oracle import PATTERNS, OraclePolicy, PatternMix, grid_layout, oracle_answer
 from mini_o3.scoring import score_answer
 from mini_o3.trajectory import Status
 
@@ -81,8 +81,7 @@ def test_oracle_is_always_right_and_replays_to_the_same_crops(synthetic: list[Sa
     nested = 0
     for sample in synthetic + plain_samples:
         for run in range(2):
-            tagged = replace(sample, meta={**sample.meta, RUN_META_KEY: run})
-            episode = run_episode(oracle, tagged, CONFIG, run=run)  # the agent binds the oracle itself
+            episode = run_episode(oracle, sample, CONFIG, run=run)  # the agent binds the oracle itself
             trajectory = episode.trajectory
             assert trajectory.status is Status.ANSWERED, (sample.id, trajectory.error)
             assert score_answer(trajectory.answer, sample.answer, sample.options or None).correct, (sample.id, trajectory.answer)
@@ -147,8 +146,7 @@ def test_trajectories_show_the_pattern_they_were_planned_with(synthetic: list[Sa
     seen = collections.Counter()
     for sample in [s for s in synthetic if s.split != "grid"]:
         for run in range(6):
-            tagged = replace(sample, meta={**sample.meta, RUN_META_KEY: run})
-            trajectory = run_episode(oracle, tagged, CONFIG, run=run).trajectory
+            trajectory = run_episode(oracle, sample, CONFIG, run=run).trajectory
             planned = oracle.plan(sample, run).pattern
             shown = classify_patterns(trajectory)
             seen[planned] += 1

@@ -52,11 +52,11 @@ def run_episode(
 ) -> Episode:
     """Run one episode to its end; failures become an `error` status, never an exception.
 
-    A policy with a `bind(sample) -> Policy` method (the oracle, which reads the ground truth)
-    is bound to the sample first.
+    A policy with a `bind(sample, run) -> Policy` method (the oracle, which reads the ground
+    truth; wrappers that seed per episode) is bound to the episode first.
     """
     if hasattr(policy, "bind"):
-        policy = policy.bind(sample)
+        policy = policy.bind(sample, run=run)
     counter = count_tokens or getattr(policy, "count_tokens", None)
     try:
         env = ZoomEnv(

@@ -51,7 +51,7 @@ from mini_o3.env import Limits
 from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ResizePolicy
 from mini_o3.exemplars import Exemplar, ExemplarPolicy, classify_patterns, format_problems, load_exemplars
 from mini_o3.policies.base import Policy, SamplingParams
-from mini_o3.policies.oracle import RUN_META_KEY, OraclePolicy, PatternMix
+from mini_o3.policies.oracle import OraclePolicy, PatternMix
 from mini_o3.scoring import score_answer
 from mini_o3.sft_data import SftExample, SftFiles, trajectory_images, write_sft_dataset
 from mini_o3.store import TrajectoryStore
@@ -443,7 +443,7 @@ def _run_round(
     fresh: list[Trajectory] = []
     if not jobs:
         return fresh
-    tagged = ((replace(sample, meta={**sample.meta, RUN_META_KEY: run}), run) for sample, run in jobs)
+    tagged = iter(jobs)
     accepted = 0
     columns = (
         TextColumn(f"collect round {number}"),

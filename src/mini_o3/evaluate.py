@@ -225,9 +225,6 @@ def turn_seed(seed: int, sample_id: str, run: int, turn: int) -> int:
     return int.from_bytes(digest, "big") % (2**31 - 1)
 
 
-_RUN_META = "_mini_o3_eval_run"
-
-
 class _SeededPolicy:
     """Wraps a policy so that every turn samples with `turn_seed(...)`; binds per episode like the oracle."""
 
@@ -237,10 +234,10 @@ class _SeededPolicy:
         self.sample_id = sample_id
         self.run = run
 
-    def bind(self, sample: Sample) -> "_SeededPolicy":
-        """A copy for one episode (the run number travels in the job's sample copy)."""
-        inner = self.policy.bind(sample) if hasattr(self.policy, "bind") else self.policy
-        return _SeededPolicy(inner, self.seed, sample.id, int(sample.meta.get(_RUN_META, 0)))
+    def bind(self, sample: Sample, run: int = 0) -> "_SeededPolicy":
+        """A copy for run `run` of `sample`."""
+        inner = self.policy.bind(sample, run=run) if hasattr(self.policy, "bind") else self.policy
+        return _SeededPolicy(inner, self.seed, sample.id, run)
 
     def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams) -> Generation:
         """The inner policy's turn, sampled with this turn's seed."""
@@ -700,9 +697,7 @@ def _result_matches(record: dict[str, Any] | None, trajectory: Trajectory) -> bo
 
 def _jobs(keys: list[tuple[str, int]], by_id: dict[str, Sample]) -> Iterator[tuple[Sample, int]]:
     for sample_id, run in keys:
-        sample = by_id[sample_id]
-        # A shallow copy carries the run number to the seeding wrapper's bind(); trajectories never copy meta.
-        yield replace(sample, meta={**sample.meta, _RUN_META: run}), run
+        yield by_id[sample_id], run
 
 
 def _check_unique_ids(samples: list[Sample], spec: str) -> None:

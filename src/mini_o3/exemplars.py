@@ -40,7 +40,6 @@ from mini_o3.agent import EpisodeConfig
 from mini_o3.data.sample import Sample
 from mini_o3.env import ZoomEnv
 from mini_o3.policies.base import Generation, Policy, SamplingParams
-from mini_o3.policies.oracle import RUN_META_KEY
 from mini_o3.scoring import score_answer
 from mini_o3.trajectory import Status, Trajectory
 
@@ -188,11 +187,9 @@ class ExemplarPolicy:
         self.seed = seed
         self.episode = episode
 
-    def bind(self, sample: Sample, run: int | None = None) -> "_BoundExemplarPolicy":
-        """The wrapper for one episode of `sample` (`run` defaults to the sample's run meta)."""
-        if run is None:
-            run = int(sample.meta.get(RUN_META_KEY, 0)) if isinstance(sample.meta, dict) else 0
-        inner = self.inner.bind(sample) if hasattr(self.inner, "bind") else self.inner
+    def bind(self, sample: Sample, run: int = 0) -> "_BoundExemplarPolicy":
+        """The wrapper for run `run` of `sample`."""
+        inner = self.inner.bind(sample, run=run) if hasattr(self.inner, "bind") else self.inner
         pool = [exemplar for exemplar in self.exemplars if exemplar.sample.id != sample.id]
         chosen = _draw(pool, self.per_prompt, f"{self.seed}:{sample.id}:{run}")
         prefix: list[dict[str, Any]] = []

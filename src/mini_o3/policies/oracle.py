@@ -56,11 +56,7 @@ from mini_o3.policies.scripted import assistant_turns, count_prompt_tokens
 PATTERNS = ("direct", "depth_first", "trial_and_error", "goal_maintenance")
 """The oracle's search patterns; the last three are Mini-o3's."""
 
-RUN_META_KEY = "episode_run"
-"""`Sample.meta` key that tells `OraclePolicy.bind` which run of a sample it is planning."""
 
-_EVAL_RUN_META_KEY = "_mini_o3_eval_run"
-"""The same, as mini_o3.evaluate tags its jobs."""
 
 Box = tuple[float, float, float, float]
 
@@ -166,11 +162,8 @@ class OraclePolicy:
         self.resize = resize
         self.grid_order = grid_order
 
-    def bind(self, sample: Sample, run: int | None = None) -> "BoundOracle":
-        """A policy that plays this sample's plan; `run` defaults to `sample.meta[RUN_META_KEY]` or 0."""
-        if run is None:
-            meta = _meta(sample)
-            run = int(meta.get(RUN_META_KEY, meta.get(_EVAL_RUN_META_KEY, 0)))
+    def bind(self, sample: Sample, run: int = 0) -> "BoundOracle":
+        """A policy that plays the plan of run `run` of this sample."""
         return BoundOracle(self, sample, run)
 
     def plan(self, sample: Sample, run: int = 0, image_size: tuple[int, int] | None = None) -> OraclePlan:
@@ -780,7 +773,6 @@ def _ceil3(value: float) -> float:
 
 __all__ = [
     "PATTERNS",
-    "RUN_META_KEY",
     "BoundOracle",
     "OraclePlan",
     "OraclePolicy",

@@ -209,6 +209,43 @@ def eval_rescore(
 
 
 @app.command()
+def collect(
+    data: str = typer.Option(..., help="Dataset spec of the questions, e.g. synthetic:data/probe-medium."),
+    policy: str = typer.Option("oracle", help="api, local or oracle (ground-truth boxes; synthetic data)."),
+    api: Optional[str] = typer.Option(None, help="api: server URL(s), comma-separated."),
+    model: Optional[str] = typer.Option(None, help="api: model name on the server."),
+    model_path: Optional[str] = typer.Option(None, help="local: a Qwen2.5-VL-class checkpoint directory."),
+    exemplars: Optional[str] = typer.Option(None, help="Folder of exemplar JSON files (default: the built-in ones)."),
+    exemplars_per_prompt: int = typer.Option(2, help="api/local: exemplars shown before each question."),
+    per_question: int = typer.Option(1, help="Accepted trajectories wanted per question."),
+    rounds: int = typer.Option(1, help="Rounds; each retries the questions still lacking trajectories."),
+    max_turns: int = typer.Option(16, help="Assistant turns per episode at most."),
+    temperature: float = typer.Option(1.0, help="api/local sampling temperature."),
+    add_accepted_to_exemplars: bool = typer.Option(False, help="Grow the exemplar pool with accepted trajectories after each round."),
+    concurrency: int = typer.Option(8, help="Episodes in flight."),
+    seed: int = typer.Option(0, help="Seed of plans, exemplar choice and sampling."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N questions."),
+    skip_bad: bool = typer.Option(False, help="Skip and count bad records."),
+    out: str = typer.Option("runs/collect", help="Output folder; the same command again resumes."),
+) -> None:
+    """Collect cold-start trajectories: keep only correct, well-formed, balanced, unique ones."""
+    from mini_o3.collect import CollectConfig
+    from mini_o3.collect import collect as run_collect
+
+    if policy not in ("api", "local", "oracle"):
+        raise typer.BadParameter("--policy must be api, local or oracle")
+    config = CollectConfig(
+        data=data, policy=policy, api=api, model=model, model_path=model_path, exemplars=exemplars,
+        exemplars_per_prompt=exemplars_per_prompt, per_question=per_question, rounds=rounds, max_turns=max_turns,
+        temperature=temperature, add_accepted_to_exemplars=add_accepted_to_exemplars, concurrency=concurrency,
+        seed=seed, limit=limit, skip_bad=skip_bad, out=out,
+    )
+    print_config("collect", config.to_dict())
+    report = run_collect(config)
+    console.print(report.summary())
+
+
+@app.command()
 def serve(
     model_path: Path = typer.Option(..., help="A local Qwen2.5-VL-class checkpoint directory to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),

@@ -129,3 +129,80 @@ def test_store_saves_views_and_resume_keys(tmp_path: Path) -> None:
     view = loaded["q/1"].views[1]
     assert view.file and (store.root / view.file).is_file()
     assert Image.open(store.root / view.file).size == tuple(view.size)
+
+
+class BindFailsFor:
+    """A per-episode policy whose bind() raises for one sample (a bug in a user's policy)."""
+
+    def __init__(self, bad_id: str) -> None:
+        self.bad_id = bad_id
+
+    def bind(self, sample: Sample, run: int = 0):
+        if sample.id == self.bad_id:
+            raise ValueError("no plan for this sample")
+        return ScriptedPolicy(["<answer>1</answer>"])
+
+
+def test_a_failing_bind_or_bad_policy_output_is_an_error_episode_not_a_crash(tmp_path: Path) -> None:
+    samples = make_samples(tmp_path, 4)
+    episodes = list(run_episodes(BindFailsFor("q/2"), [(s, 0) for s in samples], concurrency=2))
+    statuses = {e.trajectory.sample_id: e.trajectory.status for e in episodes}
+    assert statuses == {"q/0": Status.ANSWERED, "q/1": Status.ANSWERED, "q/2": Status.ERROR, "q/3": Status.ANSWERED}
+    assert next(e for e in episodes if e.trajectory.sample_id == "q/2").trajectory.meta["run"] == 0
+
+    class ReturnsText:
+        def generate(self, messages, sampling):
+            return "<answer>1</answer>"  # not a Generation
+
+    episode = run_episode(ReturnsText(), samples[0])
+    assert episode.trajectory.status is Status.ERROR and "AttributeError" in episode.trajectory.error
+
+
+def test_turns_never_ask_for_more_tokens_than_the_context_has_left(tmp_path: Path) -> None:
+    (sample,) = make_samples(tmp_path, 1)
+    asked = []
+
+    class Recording:
+        def generate(self, messages, sampling):
+            asked.append(sampling.max_new_tokens)
+            return Generation(ZOOM, prompt_tokens=2_500 + 500 * len(asked), completion_tokens=10)
+
+    config = EpisodeConfig(limits=Limits(max_turns=8, max_context_tokens=6_000, context_reserve=500), sampling=SamplingParams(max_new_tokens=4_096))
+    episode = run_episode(Recording(), sample, config)
+    assert asked[0] == 4_096  # the first prompt is small
+    assert all(tokens <= 6_000 - 2_500 for tokens in asked[1:])
+    assert episode.trajectory.status in (Status.OVER_CONTEXT, Status.OVER_TURN)
+
+
+def test_closing_the_stream_early_does_not_wait_for_every_episode(tmp_path: Path) -> None:
+    import time
+
+    samples = make_samples(tmp_path, 3)
+    calls = []
+
+    class Slow:
+        def generate(self, messages, sampling):
+            calls.append(1)
+            time.sleep(0.05 if messages[1]["content"][1]["text"].endswith("0?") else 0.3)
+            return Generation(ZOOM) if protocol_turns(messages) < 20 else Generation("<answer>x</answer>")
+
+    jobs = [(s, run) for s in samples for run in range(4)]
+    config = EpisodeConfig(limits=Limits(max_turns=30))
+    start = time.perf_counter()
+    stream = run_episodes(Slow(), jobs, config, concurrency=4)
+    first = next(stream)
+    stream.close()
+    assert first.trajectory.sample_id == "q/0"
+    assert time.perf_counter() - start < 3.0  # 12 jobs x 21 turns of 0.3 s would take a minute
+    made = len(calls)
+    time.sleep(0.7)
+    assert len(calls) <= made + 4  # episodes in flight stop after their current turn
+
+
+def test_safe_names_are_distinct_for_distinct_ids() -> None:
+    from mini_o3.store import safe_name
+
+    names = {safe_name(text) for text in ["a/b", "a_b", "a:b", "a b", "x" * 300, "x" * 301]}
+    assert len(names) == 6
+    assert safe_name("plain-id_1.jpg") == "plain-id_1.jpg"
+    assert all(len(name) <= 120 and "/" not in name for name in names)

@@ -122,6 +122,23 @@ def test_over_context_after_adding_the_observation(sample: Sample) -> None:
     assert len(env.trajectory.views) == 1 and len(env.messages()) == 3  # observation dropped
 
 
+def test_over_context_boundary_is_inclusive(sample: Sample) -> None:
+    # Reaching exactly max - reserve ends the episode, before (2,000) or after adding the
+    # 5-token error turn (1,995); one token less (1,994) goes on.
+    for tokens, done in ((2_000, True), (1_995, True), (1_994, False)):
+        env = ZoomEnv(sample, Limits(max_context_tokens=4_000, context_reserve=2_000), count_tokens=lambda text: 0)
+        assert env.step(replace(Generation("<grounding>{bad}</grounding>"), prompt_tokens=tokens - 10, completion_tokens=10)) is done
+        assert (env.trajectory.status is Status.OVER_CONTEXT) is done
+        assert len(env.messages()) == (3 if done else 4)
+
+
+def test_over_context_on_an_error_turn(sample: Sample) -> None:
+    # The error message itself pushes the context over: the error turn is dropped.
+    env = ZoomEnv(sample, Limits(max_context_tokens=4_000, context_reserve=2_000), count_tokens=len)
+    assert env.step(replace(Generation("<grounding>{bad}</grounding>"), prompt_tokens=1_900, completion_tokens=10)) is True
+    assert env.trajectory.status is Status.OVER_CONTEXT and env.trajectory.turns[-1].feedback is None
+
+
 def test_context_counts_image_tokens(sample: Sample) -> None:
     env = ZoomEnv(sample, count_tokens=lambda text: 0)
     shown = env.views[0].image.size

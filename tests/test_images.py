@@ -95,10 +95,13 @@ def test_target_size_invariants(width: int, height: int) -> None:
     new_w, new_h = target_size(width, height, policy)
     assert min(new_w, new_h) >= policy.min_side
     assert max(new_w, new_h) / min(new_w, new_h) < policy.max_aspect
-    if width * height > policy.max_pixels and max(width, height) / min(width, height) < 70:
+    aspect = max(width, height) / min(width, height)
+    if width * height > policy.max_pixels and aspect < policy.max_aspect:
         assert new_w * new_h <= policy.max_pixels
-    if width * height >= policy.min_pixels and max(width, height) / min(width, height) < 70:
-        assert new_w * new_h >= min(width * height, policy.min_pixels * 0.98)
+    if width * height < policy.min_pixels and aspect < policy.max_aspect:
+        assert new_w * new_h >= policy.min_pixels
+    if policy.min_pixels <= width * height <= policy.max_pixels and min(width, height) >= policy.min_side and aspect < policy.max_aspect:
+        assert (new_w, new_h) == (width, height)
 
 
 def test_resize_keeps_aspect_and_caps_pixels() -> None:

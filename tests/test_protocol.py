@@ -112,9 +112,12 @@ PARSE_CASES = [
     ('<grounding>{"bbox_2d": [0.1, 0.2, 0.3, 0.4], "source": " observation_2 "}</grounding>', Z(0.1, 0.2, 0.3, 0.4, "observation_2")),
     ('<grounding>```json\n{"bbox_2d": [0.1, 0.2, 0.3, 0.4], "source": "original_image"}\n```</grounding>', Z(0.1, 0.2, 0.3, 0.4)),
     ('<grounding>bbox_2d: [0.1, 0.2, 0.3, 0.4], source: "observation_1"</grounding>', Z(0.1, 0.2, 0.3, 0.4, "observation_1")),
-    ("<answer>red</answer><grounding>{\"bbox_2d\": [0, 0, 1, 1]}</grounding>", Answer("red")),
+    # A grounding makes the turn an action even after an answer tag (the reference stops at </grounding>).
+    ("<answer>red</answer><grounding>{\"bbox_2d\": [0, 0, 1, 1]}</grounding>", Z(0, 0, 1, 1)),
+    ('<think>use <answer>X</answer> format</think><grounding>{"bbox_2d": [0.1, 0.2, 0.3, 0.4]}</grounding>', Z(0.1, 0.2, 0.3, 0.4)),
     ('<grounding>{"bbox_2d": [0.1, 0.2, 0.3, 0.4]}</grounding><answer>red</answer>', Z(0.1, 0.2, 0.3, 0.4)),
-    ("<think>The text reads STOP.</think><answer>STOP", Answer("STOP")),
+    # An unclosed answer is no answer, as the reference's regex reads it.
+    ("<think>The text reads STOP.</think><answer>STOP", NoAction()),
     ("<answer>\n(C) green\n</answer> trailing words", Answer("(C) green")),
     ('<grounding>{"bbox_2d": [-0.2, 0.0, 1.5, 1.0], "source": "original_image"}</grounding>', Z(-0.2, 0, 1.5, 1)),
     # --- no action at all

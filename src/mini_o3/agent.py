@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -49,34 +49,45 @@ def run_episode(
     count_tokens: TokenCounter | None = None,
     on_turn: TurnCallback | None = None,
     run: int = 0,
+    cancel: threading.Event | None = None,
 ) -> Episode:
     """Run one episode to its end; failures become an `error` status, never an exception.
 
     A policy with a `bind(sample, run) -> Policy` method (the oracle, which reads the ground
-    truth; wrappers that seed per episode) is bound to the episode first.
+    truth; wrappers that seed per episode) is bound to the episode first. Each turn may
+    generate at most what is left of the context window. Setting `cancel` ends the episode
+    as an error after the turn in progress.
     """
-    if hasattr(policy, "bind"):
-        policy = policy.bind(sample, run=run)
-    counter = count_tokens or getattr(policy, "count_tokens", None)
     try:
+        if hasattr(policy, "bind"):
+            policy = policy.bind(sample, run=run)
+        counter = count_tokens or getattr(policy, "count_tokens", None)
         env = ZoomEnv(
             sample, config.limits, config.resize, counter, config.pixel_limit,
             count_image_tokens=getattr(policy, "image_tokens", None),
         )
-    except (ImageLoadError, ValueError) as error:
+    except (ImageLoadError, ValueError, PolicyError) as error:
         return Episode(_failed_trajectory(sample, str(error), run), [], run)
+    except Exception as error:  # a policy bug must not take down a thousand-episode run
+        return Episode(_failed_trajectory(sample, f"{type(error).__name__}: {error}", run), [], run)
     while not env.done:
+        if cancel is not None and cancel.is_set():
+            env.fail("cancelled")
+            break
+        room = config.limits.max_context_tokens - env.context_tokens
+        sampling = config.sampling
+        if room < sampling.max_new_tokens:
+            # A server refuses a request whose prompt plus max_tokens exceeds its window.
+            sampling = replace(sampling, max_new_tokens=max(1, room))
         try:
-            generation = policy.generate(env.messages(), config.sampling)
+            generation = policy.generate(env.messages(), sampling)
+            env.step(generation)
+            if on_turn is not None:
+                on_turn(env, env.trajectory.turns[-1])
         except PolicyError as error:
             env.fail(str(error))
-            break
         except Exception as error:  # a policy bug must not take down a thousand-episode run
             env.fail(f"{type(error).__name__}: {error}")
-            break
-        env.step(generation)
-        if on_turn is not None:
-            on_turn(env, env.trajectory.turns[-1])
     env.trajectory.meta["run"] = run
     return Episode(env.trajectory, env.views, run)
 
@@ -117,6 +128,7 @@ def run_episodes(
     pending: set[Future[Episode]] = set()
     job_iter = iter(jobs)
     exhausted = False
+    cancel = threading.Event()
 
     def refill() -> None:
         nonlocal exhausted
@@ -126,9 +138,10 @@ def run_episodes(
             except StopIteration:
                 exhausted = True
                 return
-            pending.add(pool.submit(run_episode, policy, sample, config, count_tokens, None, run))
+            pending.add(pool.submit(run_episode, policy, sample, config, count_tokens, None, run, cancel))
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode") as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode")
+    try:
         refill()
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -136,3 +149,8 @@ def run_episodes(
             refill()
             for future in done:
                 yield future.result()
+    finally:
+        # A consumer that stops early (Ctrl-C, a closed generator) must not wait for every
+        # episode in flight: they end after their current turn.
+        cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -188,7 +188,6 @@ def source_index(source: str) -> int:
 
 _GROUNDING_OPEN = "<grounding>"
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_ANSWER_OPEN_RE = re.compile(r"<answer>(.*)\Z", re.DOTALL)
 _NUMBER_RE = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BBOX_RE = re.compile(r"""["']?bbox(?:_2d)?["']?\s*:\s*\[([^\]]*)\]""")
 _SOURCE_RE = re.compile(r"""["']?source["']?\s*:\s*["']([^"']*)["']""")
@@ -205,21 +204,16 @@ def extract_answer(text: str) -> str | None:
 def parse_action(text: str) -> Action:
     """Parse one assistant turn into a Zoom, an Answer, a Malformed action or NoAction.
 
-    The first action in the text wins: a `<grounding>` before any `<answer>` is a zoom, and
-    whatever follows the first `</grounding>` is ignored (generation stops there anyway).
+    As the reference: a turn with a `<grounding>` is an action (generation stops at
+    `</grounding>`, so an `<answer>` earlier in the same turn, even inside the thought, does
+    not end the episode); only a turn without one is read for `<answer>...</answer>`, and an
+    unclosed `<answer>` is no answer. Of several groundings the first counts; text after the
+    first `</grounding>` is ignored.
     """
     grounding_at = text.find(_GROUNDING_OPEN)
-    answer_match = _ANSWER_RE.search(text)
-    if answer_match is not None and (grounding_at < 0 or answer_match.start() < grounding_at):
-        return Answer(answer_match.group(1).strip())
     if grounding_at < 0:
-        unclosed = _ANSWER_OPEN_RE.search(text)
-        if unclosed is not None and "<answer>" in text:
-            # A final answer cut off before its closing tag (stop or length): keep what was written.
-            body = unclosed.group(1).strip()
-            if body:
-                return Answer(body)
-        return NoAction()
+        answer = extract_answer(text)
+        return NoAction() if answer is None else Answer(answer)
     body = text[grounding_at + len(_GROUNDING_OPEN) :]
     close = body.find(STOP_STRING)
     if close >= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -12,9 +13,12 @@ from mini_o3.trajectory import Trajectory, read_jsonl
 
 
 def safe_name(text: str) -> str:
-    """A file-system-safe version of a sample id."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
-    return cleaned[:120] or "sample"
+    """A file-system-safe name for a sample id, distinct for distinct ids."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:100] or "sample"
+    if cleaned == text:
+        return cleaned
+    # Ids that had to be changed get a hash of the original, so "a/b" and "a_b" never collide.
+    return f"{cleaned}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}"
 
 
 class TrajectoryStore:

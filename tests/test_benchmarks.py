@@ -6,8 +6,6 @@ import base64
 import csv
 import io
 import json
-import sys
-import types
 from pathlib import Path
 
 import pyarrow as pa
@@ -414,11 +412,46 @@ def test_spec_errors(tmp_path: Path) -> None:
     assert parse_spec(f"V*:{tmp_path}").kind == "vstar"
 
 
-def test_synthetic_dispatches_to_synth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # synth.py is written separately; this checks only that the spec reaches its loader.
-    image = jpeg(tmp_path / "s.jpg")
-    module = types.ModuleType("mini_o3.data.synth")
-    module.load_synthetic = lambda path: [Sample(id=str(i), image=image, question="q", answer="a") for i in range(3)]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mini_o3.data.synth", module)
-    result = load_dataset(f"synthetic:{tmp_path}", limit=2)
-    assert result.kind == "synthetic" and [s.id for s in result] == ["0", "1"]
+def _synthetic_set(root: Path, count: int) -> list[dict]:
+    """A synthetic set as `mini-o3 synth` lays it out, written by hand (no rendering)."""
+    (root / "images").mkdir(parents=True)
+    records = []
+    for index in range(count):
+        jpeg(root / "images" / f"s{index}.jpg")
+        records.append({
+            "images": [f"images/s{index}.jpg"], "doc_id": f"synthetic_easy_{index:06d}",
+            "problem": "<image>\nWhat colour is the square?", "solution": "red", "data_source": "synthetic_easy",
+            "meta": {"level": "easy", "question_type": "attribute", "options": {}, "boxes": [[1, 2, 30, 40]]},
+        })
+    (root / "synth_config.json").write_text("{}")
+    (root / "data.json").write_text(json.dumps(records))
+    return records
+
+
+def test_synthetic_sets_load_by_spec_and_by_folder(tmp_path: Path) -> None:
+    _synthetic_set(tmp_path / "set", 3)
+    result = load_dataset(f"synthetic:{tmp_path / 'set'}", limit=2)
+    assert result.kind == "synthetic" and [s.id for s in result] == ["synthetic_easy_000000", "synthetic_easy_000001"]
+    sample = result.samples[0]
+    assert (sample.question, sample.answer, sample.split, sample.category) == ("What colour is the square?", "red", "easy", "attribute")
+    assert sample.boxes == [(1.0, 2.0, 30.0, 40.0)] and Path(sample.image).is_file()
+    assert load_dataset(str(tmp_path / "set")).kind == "synthetic"
+
+
+def test_synthetic_bad_records_stop_the_load_or_are_skipped_and_counted(tmp_path: Path) -> None:
+    from mini_o3.data.synth import load_synthetic
+
+    root = tmp_path / "set"
+    records = _synthetic_set(root, 4)
+    records[1]["images"] = ["../outside.jpg"]
+    del records[2]["solution"]
+    (root / "images" / "s3.jpg").unlink()
+    (root / "data.json").write_text(json.dumps(records))
+    with pytest.raises(DatasetError, match=r"data.json: record 1, id 'synthetic_easy_000001': .*outside the data folder.*--skip-bad"):
+        load_dataset(f"synthetic:{root}")
+    with pytest.raises(DatasetError, match=r"record 1, id 'synthetic_easy_000001'"):
+        load_synthetic(root)
+    result = load_dataset(f"synthetic:{root}", skip_bad=True)
+    assert [s.id for s in result] == ["synthetic_easy_000000"] and result.skipped == 3
+    assert "field 'solution'" in result.reasons[1] and "image not found" in result.reasons[2]
+    assert all("rerun `mini-o3 synth`" in reason for reason in result.reasons[1:])

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from mini_o3 import protocol
 from mini_o3.agent import EpisodeConfig, run_episode
-from mini_o3.collect import CollectConfig, collect, round_dir, select_trajectories
+from mini_o3.collect import CollectConfig, CollectDirError, collect, round_dir, select_trajectories
 from mini_o3.data.sample import Sample
 from mini_o3.data.synth import SynthOptions, load_synthetic, synthesize
 from mini_o3.exemplars import (
@@ -27,9 +27,10 @@ from mini_o3.exemplars import (
     load_exemplars,
 )
 from mini_o3.env import Limits
-from mini_o3.policies.base import Generation, SamplingParams
+from mini_o3.policies.base import Generation, PolicyError, SamplingParams
 from mini_o3.policies.oracle import OraclePolicy
 from mini_o3.policies.scripted import ScriptedPolicy
+from mini_o3.policies.seeded import turn_seed
 from mini_o3.sft_data import (
     IMAGE_TOKEN,
     conversation_from_row,
@@ -221,22 +222,25 @@ class Recorder:
     def __init__(self, wrong_runs: int = 0) -> None:
         self.prompts: list[list[dict[str, Any]]] = []
         self.binds: list[tuple[str, int]] = []
+        self.seeds: dict[tuple[str, int, int], int | None] = {}
+        """(sample id, run, turn) -> the sampling seed of that turn."""
         self.wrong_runs = wrong_runs
         self.lock = threading.Lock()
 
     def bind(self, sample: Sample, run: int = 0) -> "Recorder._Bound":
         with self.lock:
             self.binds.append((sample.id, run))
-        return Recorder._Bound(self, run)
+        return Recorder._Bound(self, sample.id, run)
 
     class _Bound:
-        def __init__(self, recorder: "Recorder", run: int) -> None:
-            self.recorder, self.run = recorder, run
+        def __init__(self, recorder: "Recorder", sample_id: str, run: int) -> None:
+            self.recorder, self.sample_id, self.run = recorder, sample_id, run
 
         def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams = SamplingParams()) -> Generation:
+            observed = any("After the above Action" in str(part.get("text", "")) for part in messages[-1]["content"])
             with self.recorder.lock:
                 self.recorder.prompts.append(messages)
-            observed = any("After the above Action" in str(part.get("text", "")) for part in messages[-1]["content"])
+                self.recorder.seeds[(self.sample_id, self.run, int(observed))] = sampling.seed
             if not observed:
                 return Generation(f"<think>Let me zoom in.</think>{ZOOM}")
             colour = "blue" if self.run < self.recorder.wrong_runs else "red"
@@ -264,6 +268,14 @@ def test_exemplars_are_prepended_in_the_prompt_but_never_saved(tmp_path: Path, s
         assert all(EXEMPLAR_INTRO not in json.dumps(m) and EXEMPLAR_SEPARATOR not in json.dumps(m) for m in messages)
     row = next(read_sft_rows(tmp_path / "out" / "sft"))
     assert all(EXEMPLAR_SEPARATOR not in json.dumps(m) for m in row["messages"])
+
+
+def test_every_turn_samples_with_its_turn_seed_and_exemplar_turns_do_not_count(tmp_path: Path, small_samples: list[Sample]) -> None:
+    recorder = Recorder()
+    collect(_config(tmp_path, policy="api", exemplars_per_prompt=2, seed=3, **SMALL), policy=recorder, samples=small_samples[:2])
+    # The same seeds as before SeededPolicy: turn = assistant turns of the real conversation (0 zoom, 1 answer).
+    expected = {(s.id, 0, turn): turn_seed(3, s.id, 0, turn) for s in small_samples[:2] for turn in (0, 1)}
+    assert recorder.seeds == expected and len(set(expected.values())) == 4
 
 
 def test_exemplar_policy_never_shows_a_question_its_own_trajectory(small_samples: list[Sample]) -> None:
@@ -336,6 +348,37 @@ def test_resume_after_interruption_redoes_nothing(tmp_path: Path, synthetic: lis
     assert whole.accepted == resumed.accepted and whole.episodes == resumed.episodes
     texts = lambda path: sorted((t.sample_id, t.meta["run"], tuple(x.text for x in t.turns)) for t in read_jsonl(path))
     assert texts(tmp_path / "out" / "accepted.jsonl") == texts(tmp_path / "whole" / "out" / "accepted.jsonl")
+
+
+def test_resume_refuses_other_settings_and_names_them(tmp_path: Path, small_samples: list[Sample]) -> None:
+    settings = dict(policy="api", exemplars_per_prompt=0, **SMALL)
+    collect(_config(tmp_path, **settings), policy=Recorder(), samples=small_samples[:2])
+    for changed, shown in (({"seed": 1}, "seed: 0 there, 1 now"), ({"max_turns": 4, "temperature": 0.5}, "max_turns: 16 there, 4 now; temperature")):
+        with pytest.raises(CollectDirError, match=f"{shown}.*same settings to resume it, or use another --out"):
+            collect(_config(tmp_path, **{**settings, **changed}), policy=Recorder(), samples=small_samples[:2])
+    # What is not part of what an episode means may change: more rounds, a limit, the concurrency.
+    again = collect(_config(tmp_path, **settings, rounds=2, limit=1, concurrency=1), policy=Recorder(), samples=small_samples[:2])
+    assert again.ran == 0 and again.accepted == 1
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["rounds"] == 2
+    (tmp_path / "out" / "config.json").write_text("{not json")
+    with pytest.raises(CollectDirError, match="cannot read .*config.json.*another --out"):
+        collect(_config(tmp_path, **settings), policy=Recorder(), samples=small_samples[:2])
+
+
+def test_error_episodes_run_again_on_resume(tmp_path: Path, small_samples: list[Sample]) -> None:
+    def server_down(messages: list[dict[str, Any]]) -> str:
+        raise PolicyError("cannot reach http://127.0.0.1:1/v1 (connection refused)")
+
+    settings = dict(policy="api", exemplars_per_prompt=0, **SMALL)
+    down = collect(_config(tmp_path, **settings), policy=ScriptedPolicy(server_down), samples=small_samples[:3])
+    assert down.accepted == 0 and down.stats["rounds"][0]["rejected"] == {"error": 3}
+    recorder = Recorder()
+    up = collect(_config(tmp_path, **settings), policy=recorder, samples=small_samples[:3])
+    assert (up.ran, up.resumed, up.accepted, up.episodes) == (3, 0, 3, 3)  # the last line of a key wins
+    assert sorted(recorder.binds) == [(s.id, 0) for s in small_samples[:3]]
+    assert up.stats["rounds"][0]["statuses"] == {"answered": 3}
+    done = collect(_config(tmp_path, **settings), policy=Recorder(), samples=small_samples[:3])
+    assert (done.ran, done.resumed, done.accepted) == (0, 3, 3)
 
 
 def test_config_validation_names_the_field() -> None:

@@ -26,15 +26,14 @@ from mini_o3.evaluate import (
     RunDirError,
     latest_trajectories,
     read_results,
-    repair_jsonl_tail,
     rescore,
     run_eval,
-    turn_seed,
 )
 from mini_o3.judge import JudgeConfig
 from mini_o3.policies.base import Generation, SamplingParams
 from mini_o3.policies.http import HttpPolicy
 from mini_o3.policies.scripted import ScriptedPolicy
+from mini_o3.policies.seeded import turn_seed
 from mini_o3.serve import start_server
 
 ZOOM = "<think>Let me look closer.</think>" + protocol.render_zoom(protocol.Zoom((0.1, 0.1, 0.6, 0.6)))
@@ -200,16 +199,6 @@ def test_torn_lines_are_repaired_and_a_lost_result_is_scored_not_rerun(tmp_path:
     assert set(trajectory_keys(trajectories).values()) == {1}
     assert lost in read_results(run) and len(read_results(run)) == 6
     assert result.metrics["episodes"] == 6
-
-
-def test_repair_jsonl_tail(tmp_path: Path) -> None:
-    path = tmp_path / "x.jsonl"
-    assert repair_jsonl_tail(path) == 0
-    path.write_text('{"a": 1}\n{"b": ')
-    assert repair_jsonl_tail(path) == 6 and path.read_text() == '{"a": 1}\n'
-    assert repair_jsonl_tail(path) == 0
-    path.write_text("x" * 200_000)
-    assert repair_jsonl_tail(path) == 200_000 and path.read_text() == ""
 
 
 KILLED_RUN = textwrap.dedent(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from mini_o3.images import (
     BoxError,
     ImageLoadError,
     ResizePolicy,
+    as_pil,
     check_box,
     compose,
     data_url,
@@ -157,6 +160,29 @@ def test_missing_corrupt_and_huge_files(tmp_path: Path) -> None:
     big = write(tmp_path, Image.new("L", (3000, 3000)), "big.png")
     with pytest.raises(ImageLoadError, match="over the limit"):
         load_image(big, pixel_limit=1_000_000)
+
+
+def test_as_pil_takes_a_view_a_pil_image_or_a_path_and_nothing_else(tmp_path: Path) -> None:
+    from mini_o3.data.sample import Sample
+    from mini_o3.env import ZoomEnv
+
+    picture = Image.new("RGBA", (30, 20), (255, 0, 0, 0))
+    assert as_pil(picture) is picture
+    view = ZoomEnv(Sample(id="s", image=Image.new("RGB", (300, 200)), question="?", answer="a")).views[0]
+    assert as_pil(view) is view.image
+    path = write(tmp_path, picture, "p.png")
+    for given in (path, str(path)):
+        loaded = as_pil(given)
+        assert loaded.size == (30, 20) and loaded.mode == "RGB"  # loaded safely, alpha on white
+    with pytest.raises(ImageLoadError, match="not found"):
+        as_pil(tmp_path / "absent.png")
+    with pytest.raises(TypeError, match="View, a PIL image or a path, got int"):
+        as_pil(42)
+
+
+def test_importing_keeps_the_users_pillow_settings() -> None:
+    script = "from PIL import ImageFile; ImageFile.LOAD_TRUNCATED_IMAGES = True; import mini_o3.images; assert ImageFile.LOAD_TRUNCATED_IMAGES"
+    subprocess.run([sys.executable, "-c", script], check=True)
 
 
 def test_data_url_round_trip() -> None:

@@ -212,6 +212,21 @@ def test_a_torn_last_cache_line_is_skipped(tmp_path: Path) -> None:
         VerdictCache(path)
 
 
+def test_the_cache_survives_a_crash_mid_write_and_two_reruns(server: JudgeServer, tmp_path: Path) -> None:
+    path = tmp_path / "judge.jsonl"
+    questions = [("How many cars?", "3", "3"), ("What colour?", "red", "blue"), ("Which side?", "left", "left")]
+    for rerun, (question, truth, prediction) in enumerate(questions):
+        with LLMJudge(config(server, tmp_path)) as judge:
+            assert all(judge.judge(*asked).cached for asked in questions[:rerun])  # every whole verdict is kept
+            judge.judge(question, truth, prediction)
+        assert len(server.requests) == rerun + 1
+        text = path.read_text()
+        path.write_text(text + text.splitlines(keepends=True)[-1][:25])  # killed while appending a line
+    with LLMJudge(config(server, tmp_path)) as judge:
+        assert all(judge.judge(*asked).cached for asked in questions) and judge.requests_sent == 0
+    assert len(VerdictCache(path)) == 3
+
+
 @pytest.mark.parametrize(
     ("reply", "score"),
     [

@@ -248,6 +248,35 @@ def test_a_failure_reaches_only_the_caller_that_caused_it(checkpoint: Path) -> N
         local.generate(conversations[0], GREEDY)
 
 
+def test_close_while_calls_keep_arriving_leaves_no_caller_waiting(checkpoint: Path) -> None:
+    local = LocalPolicy(checkpoint, batch_wait_ms=1)
+    conversation = _conversations(1)[0]
+    outcomes: list[object] = []
+    started = threading.Barrier(5)
+
+    def keep_calling() -> None:
+        started.wait()
+        while True:
+            try:
+                outcomes.append(local.generate(conversation, SamplingParams(temperature=0.0, max_new_tokens=2)))
+            except PolicyError as error:
+                outcomes.append(error)
+                return
+
+    threads = [threading.Thread(target=keep_calling, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    while not any(isinstance(outcome, Generation) for outcome in outcomes):
+        threading.Event().wait(0.005)
+    local.close()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)  # before the fix one could wait forever
+    errors = [outcome for outcome in outcomes if isinstance(outcome, PolicyError)]
+    assert len(errors) == 4 and all("closed" in str(error) for error in errors)
+
+
 def test_bad_prompts_raise_policy_errors_in_the_caller(policy: LocalPolicy) -> None:
     messages = _conversations(1)[0]
     with pytest.raises(PolicyError, match="image_pad"):

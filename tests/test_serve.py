@@ -173,6 +173,8 @@ def test_api_key_is_required_when_set(serve):
     assert status == 401 and "sekret" not in json.dumps(reply)
     assert _request(url, "POST", "/v1/chat/completions", body, {"Authorization": "Bearer sekret"})[0] == 200
     assert _request(url, "GET", "/v1/models")[0] == 401
+    for wrong in ("Bearer sekre", "Bearer sekret2", "bearer sekret", "Bearer s\u00e9kret"):  # the last is not ASCII
+        assert _request(url, "GET", "/v1/models", headers={"Authorization": wrong})[0] == 401
 
 
 def test_a_failing_policy_answers_500_and_the_server_keeps_serving(serve):

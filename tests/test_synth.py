@@ -237,7 +237,7 @@ def test_loader_names_the_file_and_record_of_a_bad_record(tmp_path: Path) -> Non
     records = json.loads((tmp_path / "data.json").read_text())
     records[1]["images"] = ["../outside.jpg"]
     (tmp_path / "data.json").write_text(json.dumps(records))
-    with pytest.raises(ValueError, match=r"data.json: record 1 \(synthetic_easy_000001\).*leaves"):
+    with pytest.raises(ValueError, match=r"data.json: record 1, id 'synthetic_easy_000001': .*outside the data folder"):
         load_synthetic(tmp_path)
 
 

@@ -229,7 +229,7 @@ def collect(
     out: str = typer.Option("runs/collect", help="Output folder; the same command again resumes."),
 ) -> None:
     """Collect cold-start trajectories: keep only correct, well-formed, balanced, unique ones."""
-    from mini_o3.collect import CollectConfig
+    from mini_o3.collect import CollectConfig, CollectDirError
     from mini_o3.collect import collect as run_collect
 
     if policy not in ("api", "local", "oracle"):
@@ -241,7 +241,11 @@ def collect(
         seed=seed, limit=limit, skip_bad=skip_bad, out=out,
     )
     print_config("collect", config.to_dict())
-    report = run_collect(config)
+    try:
+        report = run_collect(config)
+    except CollectDirError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(2)
     console.print(report.summary())
 
 

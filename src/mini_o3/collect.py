@@ -10,8 +10,10 @@ The paper's recipe (shared/reference/mini-o3.md section 7), iterated in rounds:
    the saved trajectory is the plain protocol conversation, what SFT trains on.
 3. Every episode is streamed to `OUT/rounds/round_NNN/trajectories.jsonl` as it finishes
    (`TrajectoryStore`); a rerun skips the (sample, run) keys already there, so a killed job
-   resumes without redoing anything. The run number of an episode is
-   round * attempts_per_round + attempt, so rounds never share keys.
+   resumes without redoing anything, except episodes that ended in `error` (a server that
+   was down, say): those run again, and the last line of a key wins. The run number of an
+   episode is round * attempts_per_round + attempt, so rounds never share keys. A rerun must
+   use the settings that made the folder (`RESUME_FIELDS`); other settings are refused.
 4. Acceptance (`select_trajectories`, a pure function of everything stored, in key order):
    rejected, and counted by reason, are episodes that failed (`error`), that hold a
    malformed action, an error turn, a turn without `<think>...</think>` or a turn cut by the
@@ -37,10 +39,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -50,8 +51,10 @@ from mini_o3.data.sample import Sample
 from mini_o3.env import Limits
 from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ResizePolicy
 from mini_o3.exemplars import Exemplar, ExemplarPolicy, classify_patterns, format_problems, load_exemplars
+from mini_o3.jsonl import repair_tail, write_json
 from mini_o3.policies.base import Policy, SamplingParams
 from mini_o3.policies.oracle import OraclePolicy, PatternMix
+from mini_o3.policies.seeded import SeededPolicy
 from mini_o3.scoring import score_answer
 from mini_o3.sft_data import SftExample, SftFiles, trajectory_images, write_sft_dataset
 from mini_o3.store import TrajectoryStore
@@ -60,6 +63,17 @@ from mini_o3.trajectory import Status, Trajectory, write_jsonl
 POLICY_KINDS = ("api", "local", "oracle")
 REJECTION_REASONS = (
     "error", "format_error", "no_answer", "over_turn", "over_context", "wrong", "duplicate", "over_cap", "one_turn_cap",
+)
+CONFIG_FILE = "config.json"
+
+# CollectConfig fields that change what an episode does, how runs are numbered, or which
+# exemplars a prompt shows: an output folder made with other values cannot be resumed with
+# these, since its stored episodes would mean something else. Rounds, limits, the filters
+# (a pure function of what is stored), the server URLs and the concurrency may change.
+RESUME_FIELDS = (
+    "data", "policy", "model", "model_path", "exemplars", "exemplars_per_prompt", "per_question", "attempts_per_round",
+    "max_turns", "max_images", "max_context_tokens", "numbering", "temperature", "max_new_tokens", "max_pixels",
+    "min_pixels", "pixel_limit", "seed", "add_accepted_to_exemplars", "exemplars_added_per_round", "oracle_mix",
 )
 
 
@@ -186,6 +200,10 @@ class CollectConfig:
         """Rebuild a config written by `to_dict` (unknown keys are ignored)."""
         known = {item.name for item in fields(cls)}
         return cls(**{key: value for key, value in record.items() if key in known})
+
+
+class CollectDirError(ValueError):
+    """An output folder that cannot be resumed: made with other settings, or holding an unreadable config.json."""
 
 
 @dataclass
@@ -357,10 +375,9 @@ def collect(
     console = console or Console(stderr=True, quiet=not config.progress)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
-    items = list(samples) if samples is not None else load_samples(config)
-    if config.limit is not None:
-        items = items[: config.limit]
+    check_resumable(out, config)
+    write_json(out / CONFIG_FILE, config.to_dict(), indent=1)
+    items = load_samples(config) if samples is None else list(samples)[: config.limit]
     _check_ids(items)
     by_id = {sample.id: sample for sample in items}
     policy = policy if policy is not None else build_collect_policy(config)
@@ -375,23 +392,28 @@ def collect(
     stopped = False
     for number in range(config.rounds):
         store = TrajectoryStore(round_dir(out, number), save_views=False)
-        _repair_tail(store.path)
+        repair_tail(store.path)
         previous = select_trajectories(stored, config.per_question, one_turn_limit, config.require_think)
         if config.add_accepted_to_exemplars and number > 0:
             added += _pick_exemplars(previous.accepted, added, by_id, config.exemplars_added_per_round, number - 1)
         counts = Counter(trajectory.sample_id for trajectory in previous.accepted)
         lacking = [sample for sample in items if counts[sample.id] < config.per_question]
-        round_stored = store.load()
-        finished = {(t.sample_id, int(t.meta.get("run", 0))) for t in round_stored}
+        # The last line of a key wins (an error episode run again); questions beyond `limit` stay out.
+        round_stored = {_key(t): t for t in store.load() if t.sample_id in by_id}
+        finished = {key for key, trajectory in round_stored.items() if trajectory.status is not Status.ERROR}
         runs = range(number * config.attempts, (number + 1) * config.attempts)
         jobs = [(sample, run) for sample in lacking for run in runs if (sample.id, run) not in finished]
         resumed += sum(1 for sample in lacking for run in runs if (sample.id, run) in finished)
         pool = base_pool + added
         pool_log.append({"round": number, "exemplars": [exemplar.id for exemplar in pool], "questions": len(lacking)})
-        wrapped = policy if is_oracle else ExemplarPolicy(policy, pool, config.exemplars_per_prompt, config.seed, episode)
+        if is_oracle:
+            wrapped: Policy = policy
+        else:  # seeds outside the exemplars, so that their assistant turns do not count as turns
+            wrapped = SeededPolicy(ExemplarPolicy(policy, pool, config.exemplars_per_prompt, config.seed, episode), config.seed)
         fresh = _run_round(wrapped, jobs, episode, config, store, number, policy if is_oracle else None, by_id, stop, console)
         ran += len(fresh)
-        stored += round_stored + fresh
+        round_stored.update((_key(t), t) for t in fresh)
+        stored += round_stored.values()
         if stop is not None and stop.is_set():
             stopped = True
             break
@@ -413,9 +435,36 @@ def collect(
         )
         sft = write_sft_dataset(examples, out / "sft", image_format=config.image_format)
         stats["sft"] = sft.to_dict()
-    (out / "exemplar_pool.json").write_text(json.dumps(pool_log, indent=1) + "\n", encoding="utf-8")
-    _write_json(out / "stats.json", stats)
+    write_json(out / "exemplar_pool.json", pool_log, indent=1)
+    write_json(out / "stats.json", stats, indent=1)
     return CollectReport(out, stats, len(selection.accepted), len(stored), ran, resumed, sft, stopped)
+
+
+def check_resumable(out: str | Path, config: CollectConfig) -> None:
+    """Raise CollectDirError when `out` holds a collection made with other `RESUME_FIELDS` than `config`'s."""
+    path = Path(out) / CONFIG_FILE
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except (OSError, ValueError) as error:
+        raise CollectDirError(f"cannot read {path} ({error}); fix or delete it, or use another --out") from error
+    # Through JSON, so that tuples and lists (PatternMix) compare as they were saved.
+    current = json.loads(json.dumps(config.to_dict(), default=str))
+    different = [
+        f"{name}: {saved[name]!r} there, {current[name]!r} now" for name in RESUME_FIELDS if name in saved and saved[name] != current[name]
+    ]
+    if different:
+        raise CollectDirError(
+            f"{out} holds a collection made with other settings ({'; '.join(different)}); "
+            "run again with the same settings to resume it, or use another --out"
+        )
+
+
+def _key(trajectory: Trajectory) -> tuple[str, int]:
+    return trajectory.sample_id, int(trajectory.meta.get("run", 0))
 
 
 def _check_ids(samples: Sequence[Sample]) -> None:
@@ -545,32 +594,17 @@ def collection_stats(
     }
 
 
-def _repair_tail(path: Path) -> None:
-    """Cut a torn last line (a crash mid-write) so that appends start on a fresh line."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    cut = data.rfind(b"\n") + 1
-    with path.open("r+b") as handle:
-        handle.truncate(cut)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(value, indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
 __all__ = [
     "POLICY_KINDS",
     "REJECTION_REASONS",
+    "RESUME_FIELDS",
     "CollectConfig",
+    "CollectDirError",
     "CollectReport",
     "Selection",
     "action_signature",
     "build_collect_policy",
+    "check_resumable",
     "collect",
     "collection_stats",
     "episode_verdict",

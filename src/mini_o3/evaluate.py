@@ -14,9 +14,7 @@ without calling the model again. Metrics come from `mini_o3.metrics.summarize`.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import queue
 import threading
 import time
@@ -34,8 +32,10 @@ from mini_o3.agent import Episode, EpisodeConfig, run_episodes
 from mini_o3.data.sample import Sample
 from mini_o3.env import Limits
 from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ResizePolicy
+from mini_o3.jsonl import JsonlAppender, JsonlError, iter_numbered, repair_tail, write_atomic, write_json
 from mini_o3.judge import JudgeConfig, JudgeError, LLMJudge
-from mini_o3.policies.base import Generation, Policy, SamplingParams
+from mini_o3.policies.base import Policy, SamplingParams
+from mini_o3.policies.seeded import SeededPolicy
 from mini_o3.scoring import Score, score_trajectory
 from mini_o3.store import TrajectoryStore
 from mini_o3.trajectory import Status, Trajectory, read_jsonl
@@ -216,76 +216,7 @@ class EvalResult:
         return self.turns / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-# ---------------------------------------------------------------- per-turn seeds
-
-
-def turn_seed(seed: int, sample_id: str, run: int, turn: int) -> int:
-    """The sampling seed of one turn: a stable hash of (seed, sample id, run, turn) below 2**31."""
-    digest = hashlib.blake2b(f"{seed}\x00{sample_id}\x00{run}\x00{turn}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % (2**31 - 1)
-
-
-class _SeededPolicy:
-    """Wraps a policy so that every turn samples with `turn_seed(...)`; binds per episode like the oracle."""
-
-    def __init__(self, policy: Policy, seed: int, sample_id: str | None = None, run: int = 0) -> None:
-        self.policy = policy
-        self.seed = seed
-        self.sample_id = sample_id
-        self.run = run
-
-    def bind(self, sample: Sample, run: int = 0) -> "_SeededPolicy":
-        """A copy for run `run` of `sample`."""
-        inner = self.policy.bind(sample, run=run) if hasattr(self.policy, "bind") else self.policy
-        return _SeededPolicy(inner, self.seed, sample.id, run)
-
-    def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams) -> Generation:
-        """The inner policy's turn, sampled with this turn's seed."""
-        turn = sum(1 for message in messages if message["role"] == "assistant")
-        seeded = replace(sampling, seed=turn_seed(self.seed, self.sample_id or "", self.run, turn))
-        return self.policy.generate(messages, seeded)
-
-    def __getattr__(self, name: str) -> Any:  # count_tokens and the like come from the inner policy
-        return getattr(self.policy, name)
-
-
 # ---------------------------------------------------------------- run directory files
-
-
-def repair_jsonl_tail(path: Path) -> int:
-    """Cut a torn last line (a crash mid-write) off a JSONL file so appends start on a fresh line; returns bytes cut."""
-    if not path.exists():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with path.open("rb+") as handle:
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return 0
-        end, chunk = size, 1 << 16
-        keep = 0
-        while end > 0:
-            start = max(0, end - chunk)
-            handle.seek(start)
-            block = handle.read(end - start)
-            at = block.rfind(b"\n")
-            if at >= 0:
-                keep = start + at + 1
-                break
-            end = start
-        handle.truncate(keep)
-        return size - keep
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    _write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def latest_trajectories(run_dir: str | Path) -> dict[tuple[str, int], Trajectory]:
@@ -304,17 +235,15 @@ def read_results(run_dir: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
     results: dict[tuple[str, int], dict[str, Any]] = {}
     if not path.exists():
         return results
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            results[(record["sample_id"], int(record["run"]))] = record
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            if number == len(lines) and not line.endswith("\n"):
-                break
-            raise RunDirError(f"{path}:{number}: not a result record ({error}); delete the line, then run `rescore`") from error
+    hint = "delete the line, then run `rescore`"
+    try:
+        for number, record in iter_numbered(path):
+            try:
+                results[(record["sample_id"], int(record["run"]))] = record
+            except (KeyError, TypeError, ValueError) as error:
+                raise RunDirError(f"{path}:{number}: not a result record (it needs sample_id and run; {type(error).__name__}: {error}); {hint}") from error
+    except JsonlError as error:
+        raise RunDirError(f"{error}; {hint}") from error
     return results
 
 
@@ -451,7 +380,7 @@ def score_run(
 
 
 def _write_results(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
-    _write_atomic(run_dir / RESULTS_FILE, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    write_atomic(run_dir / RESULTS_FILE, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def summarize_run(
@@ -468,7 +397,7 @@ def summarize_run(
         for key in trajectories
     ]
     summary = metrics.summarize(results, max_turns)
-    _write_json(Path(run_dir) / METRICS_FILE, summary)
+    write_json(Path(run_dir) / METRICS_FILE, summary)
     return summary
 
 
@@ -485,7 +414,7 @@ def rescore(
     """
     run_dir = Path(run_dir)
     config = load_config(run_dir)
-    repair_jsonl_tail(run_dir / TRAJECTORIES_FILE)
+    repair_tail(run_dir / TRAJECTORIES_FILE)
     trajectories = _run_trajectories(run_dir, config, read_results(run_dir))
     records, _ = score_run(run_dir, trajectories, judge, judge_mode or config.judge_mode, config.judge_concurrency, console)
     _write_results(run_dir, records.values())
@@ -524,8 +453,8 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
     samples = loaded.samples
     _check_unique_ids(samples, config.data)
     if loaded.reasons:
-        _write_atomic(run_dir / SKIPPED_FILE, "".join(reason + "\n" for reason in loaded.reasons))
-    _write_json(
+        write_atomic(run_dir / SKIPPED_FILE, "".join(reason + "\n" for reason in loaded.reasons))
+    write_json(
         run_dir / CONFIG_FILE,
         {
             "config": config.to_dict(),
@@ -538,7 +467,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
     console.print(loaded.summary())
 
     for name in (TRAJECTORIES_FILE, RESULTS_FILE):
-        cut = repair_jsonl_tail(run_dir / name)
+        cut = repair_tail(run_dir / name)
         if cut:
             console.print(f"[yellow]repaired {name}: dropped a torn last line of {cut} bytes (that episode runs again)[/yellow]")
     store = TrajectoryStore(run_dir, save_views=config.save_views, filename=TRAJECTORIES_FILE)
@@ -549,10 +478,10 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
     # A trajectory whose result line was lost (killed between the two appends) is scored, not rerun.
     missing = [key for key in wanted if key in latest and not _result_matches(results.get(key), latest[key])]
     if missing:
-        with (run_dir / RESULTS_FILE).open("a", encoding="utf-8") as handle:
+        with JsonlAppender(run_dir / RESULTS_FILE) as appender:
             for key in missing:
                 results[key] = result_record(latest[key], rule_score(latest[key]))
-                handle.write(json.dumps(results[key], ensure_ascii=False) + "\n")
+                appender.append(results[key])
 
     def needs_run(key: tuple[str, int]) -> bool:
         finished = latest.get(key)
@@ -566,7 +495,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
         console.print(f"resuming: {resumed} of {len(wanted)} episodes already finished" + (f"; retrying {retried} errors" if retried else ""))
 
     turns, ran, started = 0, 0, time.perf_counter()
-    episode_policy: Policy = _SeededPolicy(policy, config.seed) if config.seed is not None else policy
+    episode_policy: Policy = SeededPolicy(policy, config.seed) if config.seed is not None else policy
     writer = _Writer(store, run_dir / RESULTS_FILE, latest, results)
     try:
         with _progress(console, config.progress) as progress:
@@ -640,7 +569,7 @@ class _Writer:
         self.results = results
         self.error: BaseException | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._results_file = results_path.open("a", encoding="utf-8")
+        self._results = JsonlAppender(results_path)
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name=f"eval-writer-{i}", daemon=True) for i in range(threads)]
         for thread in self._threads:
@@ -657,7 +586,7 @@ class _Writer:
             self._queue.put(None)
         for thread in self._threads:
             thread.join()
-        self._results_file.close()
+        self._results.close()
         self._raise()
 
     def _raise(self) -> None:
@@ -674,10 +603,8 @@ class _Writer:
             try:
                 trajectory = self.store.add(episode)
                 record = result_record(trajectory, rule_score(trajectory))
-                line = json.dumps(record, ensure_ascii=False) + "\n"
                 with self._lock:
-                    self._results_file.write(line)
-                    self._results_file.flush()
+                    self._results.append(record)
                     self.latest[(trajectory.sample_id, episode.run)] = trajectory
                     self.results[(trajectory.sample_id, episode.run)] = record
             except BaseException as error:  # reported to the runner, which stops

@@ -30,7 +30,7 @@ import hashlib
 import json
 import re
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -163,14 +163,16 @@ def check_exemplar(exemplar: Exemplar, config: EpisodeConfig = EpisodeConfig()) 
 
 
 class ExemplarPolicy:
-    """Wraps a policy: prepends k exemplar conversations to every prompt and seeds every turn.
+    """Wraps a policy: prepends k exemplar conversations to every prompt.
 
     Bound per episode (like the oracle): the exemplars are drawn once per (sample, run) from
-    the pool, never the sample's own; the inner policy sees
+    the pool by `seed`, never the sample's own; the inner policy sees
     [system, exemplar 1 turns..., exemplar k turns..., the real conversation], the first
     real user turn opening with EXEMPLAR_SEPARATOR. The environment keeps the plain
     conversation. `prompt_tokens` of the inner policy's reply are dropped (they count the
-    exemplars; the environment estimates the real context itself).
+    exemplars; the environment estimates the real context itself). Per-turn sampling seeds
+    come from wrapping this in `mini_o3.policies.seeded.SeededPolicy` (outside, so that the
+    exemplars' assistant turns do not count as turns).
     """
 
     def __init__(
@@ -197,45 +199,38 @@ class ExemplarPolicy:
             messages = [dict(message) for message in exemplar.messages(self.episode)]
             messages[0] = {"role": "user", "content": [protocol.text_part(EXEMPLAR_INTRO)] + list(messages[0]["content"])}
             prefix += messages
-        return _BoundExemplarPolicy(inner, prefix, [exemplar.id for exemplar in chosen], self.seed, sample.id, run)
+        return _BoundExemplarPolicy(inner, prefix, [exemplar.id for exemplar in chosen])
 
     def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams = SamplingParams()) -> Generation:
         """Unbound use: no exemplars chosen yet, so bind to a placeholder sample first."""
         return self.bind(Sample(id="", image="", question="", answer="")).generate(messages, sampling)
 
     def __getattr__(self, name: str) -> Any:  # count_tokens and the like come from the inner policy
+        if name == "inner":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 
 class _BoundExemplarPolicy:
-    def __init__(self, inner: Policy, prefix: list[dict[str, Any]], ids: list[str], seed: int | None, sample_id: str, run: int) -> None:
+    def __init__(self, inner: Policy, prefix: list[dict[str, Any]], ids: list[str]) -> None:
         self.inner = inner
         self.prefix = prefix
         self.exemplar_ids = ids
-        self.seed = seed
-        self.sample_id = sample_id
-        self.run = run
 
     def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams = SamplingParams()) -> Generation:
         prompt = list(messages)
         if self.prefix and len(prompt) >= 2:
             first = prompt[1]
             prompt = [prompt[0], *self.prefix, {"role": first["role"], "content": [protocol.text_part(EXEMPLAR_SEPARATOR)] + list(first["content"])}, *prompt[2:]]
-        if self.seed is not None:
-            turn = sum(1 for message in messages if message["role"] == "assistant")
-            sampling = replace(sampling, seed=_turn_seed(self.seed, self.sample_id, self.run, turn))
         generation = self.inner.generate(prompt, sampling)
         if self.prefix:
             generation.prompt_tokens = None
         return generation
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
         return getattr(self.inner, name)
-
-
-def _turn_seed(seed: int, sample_id: str, run: int, turn: int) -> int:
-    digest = hashlib.blake2b(f"{seed}\x00{sample_id}\x00{run}\x00{turn}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % (2**31 - 1)
 
 
 def _draw(pool: list[Exemplar], count: int, key: str) -> list[Exemplar]:

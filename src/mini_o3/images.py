@@ -14,11 +14,12 @@ import base64
 import io
 import math
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 PixelBox = tuple[int, int, int, int]
 RelativeBox = tuple[float, float, float, float]
@@ -181,6 +182,18 @@ def open_image(source: Any, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT) -> Ima
     return load_image(source, pixel_limit)
 
 
+def as_pil(image: Any) -> Image.Image:
+    """The PIL image behind an image part: a `View`'s shown image, a PIL image itself, or a file loaded as RGB."""
+    if isinstance(image, Image.Image):
+        return image
+    shown = getattr(image, "image", None)
+    if isinstance(shown, Image.Image):
+        return shown
+    if isinstance(image, (str, PathLike)):
+        return load_image(image)
+    raise TypeError(f"an image part must hold a mini_o3.env.View, a PIL image or a path, got {type(image).__name__}")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB from any mode: alpha is composited on white, 16-bit is scaled down."""
     if image.mode == "RGB":
@@ -218,5 +231,3 @@ def data_url(image: Image.Image, fmt: str = "JPEG", quality: int = 95) -> str:
     mime = "image/jpeg" if fmt.upper() in ("JPEG", "JPG") else "image/png"
     return f"data:{mime};base64," + base64.b64encode(encode_image(image, fmt, quality)).decode("ascii")
 
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from mini_o3.jsonl import JsonlAppender, JsonlError, iter_numbered
 from mini_o3.policies.http import normalize_base_url
 from mini_o3.scoring import Score
 
@@ -122,27 +123,29 @@ def cache_key(model: str, question: str, ground_truth: str, prediction: str) -> 
 
 
 class VerdictCache:
-    """Verdicts by key, loaded from and appended to a JSONL file; safe to share between threads."""
+    """Verdicts by key, loaded from and appended to a JSONL file; safe to share between threads.
+
+    A crash mid-append leaves a torn last line: loading skips it (that verdict is asked
+    again) and the next append cuts it first, so the file stays readable across reruns.
+    """
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path is not None else None
         self._records: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._appender = JsonlAppender(self.path) if self.path is not None else None
         if self.path is not None and self.path.exists():
             self._load(self.path)
 
     def _load(self, path: Path) -> None:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
+        hint = "delete the line or the file"
+        try:
+            for number, record in iter_numbered(path):
+                if not isinstance(record.get("key"), str):
+                    raise ValueError(f"{path}:{number}: not a judge cache record (no 'key'); {hint}")
                 self._records[record["key"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                if number == len(lines) and not line.endswith("\n"):
-                    break  # a torn last line from a crash mid-write: that verdict is asked again
-                raise ValueError(f"{path}:{number}: not a judge cache record ({error}); delete the line or the file") from error
+        except JsonlError as error:
+            raise ValueError(f"{error}; {hint}") from error
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The cached record for `key`, or None."""
@@ -153,11 +156,13 @@ class VerdictCache:
         """Store a record (it must carry "key") and append it to the file."""
         with self._lock:
             self._records[record["key"]] = record
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    handle.flush()
+            if self._appender is not None:
+                self._appender.append(record)
+
+    def close(self) -> None:
+        """Close the file (a later put opens it again)."""
+        if self._appender is not None:
+            self._appender.close()
 
     def __len__(self) -> int:
         with self._lock:
@@ -231,9 +236,10 @@ class LLMJudge:
         return min(max(delay, retry_after), self.config.max_backoff_s)
 
     def close(self) -> None:
-        """Close the HTTP client (when this judge made it)."""
+        """Close the HTTP client (when this judge made it) and the cache file."""
         if self._owns_client:
             self._client.close()
+        self.cache.close()
 
     def __enter__(self) -> "LLMJudge":
         return self

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from mini_o3.draw import draw_zoom_boxes
 from mini_o3.evaluate import CONFIG_FILE, METRICS_FILE, RunDirError, latest_trajectories, read_results
+from mini_o3.jsonl import write_atomic
 from mini_o3.images import ImageLoadError, open_image
 from mini_o3.store import safe_name
 from mini_o3.trajectory import Trajectory, ViewRecord
@@ -253,9 +254,7 @@ judge: {_e((settings.get('judge') or {}).get('model', 'none') if settings.get('j
 </body></html>
 """
     index = run_dir / INDEX_FILE
-    temporary = index.with_name(index.name + ".tmp")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(index)
+    write_atomic(index, page)
     return index
 
 

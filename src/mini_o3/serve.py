@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import io
 import json
 import logging
@@ -330,7 +331,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         key = self.server.options.api_key
-        if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+        if key is None:
+            return True
+        # Constant time, so response timing does not reveal how much of a guessed key was right.
+        sent = (self.headers.get("Authorization") or "").encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(sent, f"Bearer {key}".encode("utf-8", "surrogateescape")):
             return True
         self._send_error(401, "missing or wrong API key (send Authorization: Bearer <key>)", "authentication_error")
         return False

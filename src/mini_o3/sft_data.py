@@ -54,6 +54,7 @@ from PIL import Image
 
 from mini_o3.env import replay_views
 from mini_o3.images import ResizePolicy, encode_image, open_image
+from mini_o3.jsonl import open_atomic
 from mini_o3.store import safe_name
 from mini_o3.trajectory import Trajectory
 
@@ -144,10 +145,9 @@ def write_sft_dataset(
         old.unlink()
     extension = "png" if image_format.upper() == "PNG" else "jpg"
     files = SftFiles(directory, directory / MESSAGES_FILE)
-    temporary = files.messages.with_suffix(".jsonl.tmp")
     shard: list[dict[str, Any]] = []
     shard_paths: list[Path] = []
-    with temporary.open("w", encoding="utf-8") as handle:
+    with open_atomic(files.messages) as handle:
         for example in examples:
             row, parquet_row = _write_example(example, directory, image_format, quality, extension)
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -157,9 +157,8 @@ def write_sft_dataset(
             if len(shard) >= shard_rows:
                 shard_paths.append(_write_shard(shard, parquet_dir, len(shard_paths)))
                 shard = []
-    if shard or not shard_paths:
-        shard_paths.append(_write_shard(shard, parquet_dir, len(shard_paths)))
-    os.replace(temporary, files.messages)
+        if shard or not shard_paths:
+            shard_paths.append(_write_shard(shard, parquet_dir, len(shard_paths)))
     written = {row_id for row_id in _row_ids(files.messages)}
     for folder in (directory / IMAGES_DIR).glob("*"):
         if folder.is_dir() and folder.name not in written:  # images of rows a rewrite dropped

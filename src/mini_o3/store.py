@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-import threading
 from pathlib import Path
 
 from mini_o3.agent import Episode
+from mini_o3.jsonl import JsonlAppender
 from mini_o3.trajectory import Trajectory, read_jsonl
 
 
@@ -29,8 +28,7 @@ class TrajectoryStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / filename
         self.save_views = save_views
-        self._lock = threading.Lock()
-        self._handle = None
+        self._appender = JsonlAppender(self.path)
 
     def add(self, episode: Episode) -> Trajectory:
         """Save an episode's views, then append its trajectory (so a written line has its images)."""
@@ -42,20 +40,12 @@ class TrajectoryStore:
                 relative = folder / f"{record.index}.jpg"
                 view.image.save(self.root / relative, format="JPEG", quality=92)
                 record.file = relative.as_posix()
-        line = json.dumps(trajectory.to_dict(), ensure_ascii=False) + "\n"
-        with self._lock:
-            if self._handle is None:
-                self._handle = self.path.open("a", encoding="utf-8")
-            self._handle.write(line)
-            self._handle.flush()
+        self._appender.append(trajectory.to_dict())
         return trajectory
 
     def close(self) -> None:
         """Close the JSONL file (it reopens on the next add)."""
-        with self._lock:
-            if self._handle is not None:
-                self._handle.close()
-                self._handle = None
+        self._appender.close()
 
     def __enter__(self) -> "TrajectoryStore":
         return self

@@ -6,9 +6,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from mini_o3 import protocol
+from mini_o3.jsonl import JsonlAppender, iter_records, write_atomic
 
 
 class Status(str, Enum):
@@ -151,28 +152,19 @@ class Trajectory:
         return cls(**data)
 
 
-def write_jsonl(path: str | Path, trajectories: list[Trajectory], append: bool = True) -> None:
-    """Append (or write) trajectories to a JSONL file, one per line, flushed."""
+def write_jsonl(path: str | Path, trajectories: Iterable[Trajectory], append: bool = True) -> None:
+    """Append trajectories to a JSONL file, one per line, flushed (a torn last line is cut first); or replace the file atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a" if append else "w", encoding="utf-8") as handle:
+    if not append:
+        write_atomic(path, "".join(json.dumps(trajectory.to_dict(), ensure_ascii=False) + "\n" for trajectory in trajectories))
+        return
+    with JsonlAppender(path) as appender:
         for trajectory in trajectories:
-            handle.write(json.dumps(trajectory.to_dict(), ensure_ascii=False) + "\n")
-        handle.flush()
+            appender.append(trajectory.to_dict())
 
 
 def read_jsonl(path: str | Path) -> Iterator[Trajectory]:
     """Trajectories from a JSONL file; a torn last line (a crash mid-write) is skipped."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        lines = handle.readlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines) and not line.endswith("\n"):
-                return
-            raise ValueError(f"{path}:{number}: not a trajectory record ({error})") from error
+    for record in iter_records(path):
         yield Trajectory.from_dict(record)

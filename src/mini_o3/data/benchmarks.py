@@ -28,13 +28,13 @@ import json
 import os
 import re
 import sys
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mini_o3.data.sample import Sample
+from mini_o3.jsonl import write_atomic
 from mini_o3.protocol import question_from_problem
 
 from mini_o3.protocol import MULTIPLE_CHOICE_INSTRUCTION  # noqa: E402  (re-exported)
@@ -78,8 +78,8 @@ class BadRecord:
 Record = Sample | BadRecord
 
 
-class _RecordProblem(Exception):
-    """Raised inside a loader for one bad record; turned into a BadRecord by the loader."""
+class RecordProblem(Exception):
+    """Raised by a loader's `build` for one bad record (what is wrong, the fix); `build_records` makes it a BadRecord."""
 
     def __init__(self, reason: str, fix: str) -> None:
         super().__init__(reason)
@@ -103,14 +103,14 @@ def safe_image_path(base: Path, raw: Any) -> Path:
     the folder, and those must keep working, while `../` or an absolute path elsewhere must not.
     """
     if not isinstance(raw, str) or not raw.strip():
-        raise _RecordProblem(f"the image path is {_clip(raw)}, not a non-empty string", "give the image as a path relative to the data folder")
+        raise RecordProblem(f"the image path is {_clip(raw)}, not a non-empty string", "give the image as a path relative to the data folder")
     if "\x00" in raw:
-        raise _RecordProblem("the image path contains a NUL byte", "fix the image path in the file")
+        raise RecordProblem("the image path contains a NUL byte", "fix the image path in the file")
     root = Path(os.path.normpath(os.path.abspath(base)))
     given = Path(raw.strip())
     joined = Path(os.path.normpath(given if given.is_absolute() else root / given))
     if joined != root and root not in joined.parents:
-        raise _RecordProblem(
+        raise RecordProblem(
             f"the image path {raw!r} points outside the data folder {root}",
             "image paths must stay inside the data folder (no '..', no absolute paths elsewhere); "
             "move the images there or pass the right image folder",
@@ -131,7 +131,7 @@ def existing_image(base: Path, raw: Any, fix: str, fallbacks: Iterable[Path] = (
             return candidate
         tried.append(candidate)
     looked = path if len(tried) == 1 else ", ".join(str(p) for p in tried)
-    raise _RecordProblem(f"image not found: {looked}", fix)
+    raise RecordProblem(f"image not found: {looked}", fix)
 
 
 def parse_option_lines(text: str) -> dict[str, str]:
@@ -161,7 +161,7 @@ def multiple_choice_question(question: str, options: dict[str, str]) -> str:
 def answer_letter(raw: Any, options: dict[str, str]) -> str:
     """The option letter an answer names: "B", "(B)", "B." or the option's exact text."""
     if raw is None or (isinstance(raw, float) and raw != raw):
-        raise _RecordProblem("the answer is missing", "give the right option's letter")
+        raise RecordProblem("the answer is missing", "give the right option's letter")
     text = str(raw).strip()
     match = re.fullmatch(r"\(?([A-Za-z])\)?\.?", text)
     if match and match.group(1).upper() in options:
@@ -169,7 +169,7 @@ def answer_letter(raw: Any, options: dict[str, str]) -> str:
     same = [letter for letter, option in options.items() if option.strip().casefold() == text.casefold()]
     if len(same) == 1:
         return same[0]
-    raise _RecordProblem(
+    raise RecordProblem(
         f"the answer {text!r} is neither an option letter ({', '.join(options)}) nor one option's text",
         "give the right option's letter",
     )
@@ -180,7 +180,7 @@ def _text_field(record: dict[str, Any], key: str, fix: str) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
-        raise _RecordProblem(f"field {key!r} is {'missing' if key not in record else _clip(value)}, expected non-empty text", fix)
+        raise RecordProblem(f"field {key!r} is {'missing' if key not in record else _clip(value)}, expected non-empty text", fix)
     return value
 
 
@@ -222,24 +222,24 @@ class _Ids:
     def claim(self, sample_id: str, index: int) -> None:
         first = self.seen.setdefault(sample_id, index)
         if first != index:
-            raise _RecordProblem(f"id {sample_id!r} was already used by record {first}", "give every record a unique id")
+            raise RecordProblem(f"id {sample_id!r} was already used by record {first}", "give every record a unique id")
 
 
-def _records(path: Path, items: Iterable[tuple[int, int | None, Any]], build: Any) -> Iterator[Record]:
-    """Run `build(record, index)` over (index, line, record) items, turning record problems into BadRecords."""
+def build_records(path: Path, items: Iterable[tuple[int, int | None, Any]], build: Any) -> Iterator[Record]:
+    """Run `build(record, index)` over (index, line, record) items, turning RecordProblems and repeated ids into BadRecords."""
     ids = _Ids()
     for index, line, record in items:
         record_id = None
         try:
             if isinstance(record, _Unparsable):
-                raise _RecordProblem(f"the line is not valid JSON ({record})", "fix or remove this line")
+                raise RecordProblem(f"the line is not valid JSON ({record})", "fix or remove this line")
             if not isinstance(record, dict):
-                raise _RecordProblem(f"expected a JSON object, found {type(record).__name__}", "fix or remove this record")
+                raise RecordProblem(f"expected a JSON object, found {type(record).__name__}", "fix or remove this record")
             sample = build(record, index)
             record_id = sample.id
             ids.claim(sample.id, index)
             yield sample
-        except _RecordProblem as problem:
+        except RecordProblem as problem:
             if record_id is None and isinstance(record, dict):
                 record_id = _record_id(_first_present(record, _ID_KEYS))
             yield BadRecord(path, index, record_id, problem.reason, problem.fix, line)
@@ -275,14 +275,14 @@ def iter_visualprobe(path: Path, image_dir: Path | None = None) -> Iterator[Reco
         if isinstance(images, str):
             images = [images]
         if not isinstance(images, list) or len(images) != 1:
-            raise _RecordProblem(f"field 'images' is {_clip(images)}, expected a list of one image path", "give one image per record")
+            raise RecordProblem(f"field 'images' is {_clip(images)}, expected a list of one image path", "give one image per record")
         problem = _text_field(record, "problem", "give the question as 'problem' (\"<image>\\n<question>\")")
         solution = _text_field(record, "solution", "give the answer as 'solution'")
         data_source = record.get("data_source") if isinstance(record.get("data_source"), str) else ""
         sample_id = _record_id(record.get("doc_id")) or f"{data_source or path.stem}-{index}"
         question = question_from_problem(problem.strip()).strip()
         if not question:
-            raise _RecordProblem("field 'problem' holds no question after the <image> placeholder", "write the question after '<image>\\n'")
+            raise RecordProblem("field 'problem' holds no question after the <image> placeholder", "write the question after '<image>\\n'")
         return Sample(
             id=sample_id,
             image=existing_image(base, images[0], fix),
@@ -294,7 +294,7 @@ def iter_visualprobe(path: Path, image_dir: Path | None = None) -> Iterator[Reco
             meta={"doc_id": record.get("doc_id")},
         )
 
-    return _records(path, ((i, None, r) for i, r in enumerate(_json_array(path, "VisualProbe"))), build)
+    return build_records(path, ((i, None, r) for i, r in enumerate(_json_array(path, "VisualProbe"))), build)
 
 
 # ---------------------------------------------------------------- V* Bench
@@ -319,11 +319,11 @@ def iter_vstar(root: Path) -> Iterator[Record]:
         text = _text_field(record, "text", "give the question with its options as 'text'")
         sample_id = _record_id(record.get("question_id"))
         if sample_id is None:
-            raise _RecordProblem("field 'question_id' is missing", "give every line a question_id")
+            raise RecordProblem("field 'question_id' is missing", "give every line a question_id")
         image = existing_image(root, record.get("image"), fix)
         options = parse_option_lines(text)
         if len(options) < 2:
-            raise _RecordProblem("'text' lists fewer than two options written '(A) ...'", "write one option a line as '(A) text'")
+            raise RecordProblem("'text' lists fewer than two options written '(A) ...'", "write one option a line as '(A) text'")
         side = _vstar_side_file(image)
         label = record.get("label")
         if label is None and side.get("options"):
@@ -342,7 +342,7 @@ def iter_vstar(root: Path) -> Iterator[Record]:
             meta={"target_object": side.get("target_object", [])},
         )
 
-    return _records(questions, _jsonl_items(questions), build)
+    return build_records(questions, _jsonl_items(questions), build)
 
 
 def _vstar_side_file(image: Path) -> dict[str, Any]:
@@ -352,13 +352,13 @@ def _vstar_side_file(image: Path) -> dict[str, Any]:
     try:
         data = json.loads(side.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _RecordProblem(f"the annotation file {side} is not valid JSON ({error})", "restore the file from the V* release") from None
+        raise RecordProblem(f"the annotation file {side} is not valid JSON ({error})", "restore the file from the V* release") from None
     if not isinstance(data, dict):
-        raise _RecordProblem(f"the annotation file {side} is not a JSON object", "restore the file from the V* release")
+        raise RecordProblem(f"the annotation file {side} is not a JSON object", "restore the file from the V* release")
     boxes = []
     for raw in data.get("bbox", []) or []:
         if not (isinstance(raw, (list, tuple)) and len(raw) == 4 and all(_is_number(v) for v in raw)):
-            raise _RecordProblem(f"the annotation file {side} has a bbox {_clip(raw)}, expected [x, y, w, h]", "restore the file from the V* release")
+            raise RecordProblem(f"the annotation file {side} has a bbox {_clip(raw)}, expected [x, y, w, h]", "restore the file from the V* release")
         x, y, w, h = (float(v) for v in raw)
         boxes.append((x, y, x + w, y + h))
     target = data.get("target_object", [])
@@ -445,11 +445,11 @@ def _hrbench_records(path: Path, rows: Iterator[tuple[int, int | None, dict[str,
             if _ROW_PROBLEM in row:
                 raise row[_ROW_PROBLEM]
             if record_id is None:
-                raise _RecordProblem("the 'index' cell is empty", "give every row an index")
+                raise RecordProblem("the 'index' cell is empty", "give every row an index")
             question = _text_field(row, "question", "give the question in the 'question' column")
             options = {letter: str(row[letter]).strip() for letter in "ABCDEFGH" if _cell(row.get(letter))}
             if len(options) < 2:
-                raise _RecordProblem("fewer than two option columns (A, B, C, D) are filled", "fill the option columns")
+                raise RecordProblem("fewer than two option columns (A, B, C, D) are filled", "fill the option columns")
             answer = answer_letter(row.get("answer"), options)
             image = _hrbench_image(row.get("image"), image_of_index, images)
             category = str(row["category"]).strip() if _cell(row.get("category")) else ""
@@ -468,7 +468,7 @@ def _hrbench_records(path: Path, rows: Iterator[tuple[int, int | None, dict[str,
                 category=category,
                 meta={"cycle_category": cycle, "group": group, "raw_question": question.strip()},
             )
-        except _RecordProblem as problem:
+        except RecordProblem as problem:
             yield BadRecord(path, position, record_id, problem.reason, problem.fix, line)
 
 
@@ -484,7 +484,7 @@ def _cycle(value: Any) -> int | None:
     try:
         return int(float(str(value).strip()))
     except ValueError:
-        raise _RecordProblem(f"cycle_category is {_clip(value)}, expected 0-3", "give cycle_category as a number") from None
+        raise RecordProblem(f"cycle_category is {_clip(value)}, expected 0-3", "give cycle_category as a number") from None
 
 
 def _hrbench_image(value: Any, image_of_index: dict[str, Path], images: Path) -> Path:
@@ -496,7 +496,7 @@ def _hrbench_image(value: Any, image_of_index: dict[str, Path], images: Path) ->
         if len(text) <= _REFERENCE_MAX:
             if text in image_of_index:
                 return image_of_index[text]
-            raise _RecordProblem(f"the image cell {text!r} is neither base64 nor the index of an earlier row", fix)
+            raise RecordProblem(f"the image cell {text!r} is neither base64 nor the index of an earlier row", fix)
         key = hashlib.sha256(text.encode("ascii", "replace")).hexdigest()
         return _cached(images, key, lambda: _b64decode(text, fix), fix)
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -504,14 +504,14 @@ def _hrbench_image(value: Any, image_of_index: dict[str, Path], images: Path) ->
         if _image_suffix(raw) is None:  # a binary column holding base64 text
             return _hrbench_image(raw.decode("ascii", "replace"), image_of_index, images)
         return _cached(images, hashlib.sha256(raw).hexdigest(), lambda: raw, fix)
-    raise _RecordProblem(f"the image cell is {'empty' if not _cell(value) else type(value).__name__}", fix)
+    raise RecordProblem(f"the image cell is {'empty' if not _cell(value) else type(value).__name__}", fix)
 
 
 def _b64decode(text: str, fix: str) -> bytes:
     try:
         return base64.b64decode(text)
     except (binascii.Error, ValueError) as error:
-        raise _RecordProblem(f"the image cell is not valid base64 ({error})", fix) from None
+        raise RecordProblem(f"the image cell is not valid base64 ({error})", fix) from None
 
 
 def _image_suffix(data: bytes) -> str | None:
@@ -532,15 +532,12 @@ def _cached(folder: Path, key: str, decode: Any, fix: str) -> Path:
     data = decode()
     suffix = _image_suffix(data)
     if suffix is None:
-        raise _RecordProblem("the image cell decodes to bytes that are not a JPEG, PNG, WebP, GIF, BMP or TIFF image", fix)
+        raise RecordProblem("the image cell decodes to bytes that are not a JPEG, PNG, WebP, GIF, BMP or TIFF image", fix)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{key}{suffix}"
-    partial = folder / f".{key}.{uuid.uuid4().hex}.part"
     try:
-        partial.write_bytes(data)
-        os.replace(partial, target)
+        write_atomic(target, data)
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise DatasetError(f"cannot write the image cache {target}: {error}; set ${CACHE_ENV} to a writable folder") from None
     return target
 
@@ -567,7 +564,7 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, int | None, dict[str, Any]]]:
                 if not any(cell.strip() for cell in cells):
                     continue
                 if len(cells) != len(header):
-                    problem = _RecordProblem(
+                    problem = RecordProblem(
                         f"the row has {len(cells)} cells but the header has {len(header)}",
                         "the file may be truncated or a cell holds an unquoted tab; re-download it",
                     )
@@ -636,7 +633,7 @@ def iter_mme_realworld(path: Path, image_dir: Path | None = None, source: str = 
         record = {_mme_key(key): value for key, value in raw.items()}
         sample_id = _record_id(record.get("question id"))
         if sample_id is None:
-            raise _RecordProblem("field 'Question_id' is missing", "give every record a Question_id")
+            raise RecordProblem("field 'Question_id' is missing", "give every record a Question_id")
         text = _text_field(record, "text", "give the question as 'Text'")
         options = _mme_options(record.get("answer choices"))
         answer = answer_letter(record.get("ground truth"), options)
@@ -664,7 +661,7 @@ def iter_mme_realworld(path: Path, image_dir: Path | None = None, source: str = 
             },
         )
 
-    return _records(path, ((i, None, r) for i, r in enumerate(_json_array(path, "MME-RealWorld"))), build)
+    return build_records(path, ((i, None, r) for i, r in enumerate(_json_array(path, "MME-RealWorld"))), build)
 
 
 def _mme_key(key: str) -> str:
@@ -676,13 +673,13 @@ def _mme_options(choices: Any) -> dict[str, str]:
     if isinstance(choices, str):
         choices = [line for line in choices.splitlines() if line.strip()]
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-        raise _RecordProblem(f"field 'Answer choices' is {_clip(choices)}, expected a list of at least two strings", fix)
+        raise RecordProblem(f"field 'Answer choices' is {_clip(choices)}, expected a list of at least two strings", fix)
     parsed = [item for item in (parse_choice(choice) for choice in choices) if item is not None]
     if len(parsed) == len(choices):
         options = dict(parsed)
         if len(options) == len(parsed):
             return options
-        raise _RecordProblem(f"'Answer choices' repeats a letter: {', '.join(letter for letter, _ in parsed)}", fix)
+        raise RecordProblem(f"'Answer choices' repeats a letter: {', '.join(letter for letter, _ in parsed)}", fix)
     # Choices written without letters: letter them in order.
     return {chr(ord("A") + i): choice.strip() for i, choice in enumerate(choices)}
 
@@ -723,7 +720,7 @@ def iter_generic(path: Path, jsonl: bool | None = None) -> Iterator[Record]:
     def build(record: dict[str, Any], index: int) -> Sample:
         sample_id = _record_id(record.get("id"))
         if sample_id is None:
-            raise _RecordProblem("field 'id' is missing", "give every record an 'id'")
+            raise RecordProblem("field 'id' is missing", "give every record an 'id'")
         question = _text_field(record, "question", "give the question as 'question'")
         answer = _text_field(record, "answer", "give the answer as 'answer'").strip()
         options = _generic_options(record.get("options"))
@@ -733,7 +730,7 @@ def iter_generic(path: Path, jsonl: bool | None = None) -> Iterator[Record]:
                 question = multiple_choice_question(question, options)
         meta = record.get("meta", {})
         if not isinstance(meta, dict):
-            raise _RecordProblem(f"field 'meta' is {_clip(meta)}, expected an object", "give 'meta' as a JSON object")
+            raise RecordProblem(f"field 'meta' is {_clip(meta)}, expected an object", "give 'meta' as a JSON object")
         return Sample(
             id=sample_id,
             image=existing_image(base, record.get("image"), fix),
@@ -748,8 +745,8 @@ def iter_generic(path: Path, jsonl: bool | None = None) -> Iterator[Record]:
         )
 
     if jsonl:
-        return _records(path, _jsonl_items(path), build)
-    return _records(path, ((i, None, r) for i, r in enumerate(_json_array(path, "generic"))), build)
+        return build_records(path, _jsonl_items(path), build)
+    return build_records(path, ((i, None, r) for i, r in enumerate(_json_array(path, "generic"))), build)
 
 
 def _generic_options(raw: Any) -> dict[str, str]:
@@ -760,7 +757,7 @@ def _generic_options(raw: Any) -> dict[str, str]:
         return {chr(ord("A") + i): item.strip() for i, item in enumerate(raw)}
     if isinstance(raw, dict) and all(re.fullmatch(r"[A-Z]", str(k)) and isinstance(v, str) for k, v in raw.items()):
         return {str(k): v.strip() for k, v in raw.items()}
-    raise _RecordProblem(f"field 'options' is {_clip(raw)}", fix)
+    raise RecordProblem(f"field 'options' is {_clip(raw)}", fix)
 
 
 def _generic_boxes(raw: Any) -> list[tuple[float, float, float, float]]:
@@ -768,10 +765,10 @@ def _generic_boxes(raw: Any) -> list[tuple[float, float, float, float]]:
         return []
     fix = "give 'boxes' as a list of [x0, y0, x1, y1] in pixels"
     if not isinstance(raw, list):
-        raise _RecordProblem(f"field 'boxes' is {_clip(raw)}", fix)
+        raise RecordProblem(f"field 'boxes' is {_clip(raw)}", fix)
     boxes = []
     for box in raw:
         if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)) or box[2] < box[0] or box[3] < box[1]:
-            raise _RecordProblem(f"field 'boxes' holds {_clip(box)}", fix)
+            raise RecordProblem(f"field 'boxes' holds {_clip(box)}", fix)
         boxes.append((float(box[0]), float(box[1]), float(box[2]), float(box[3])))
     return boxes

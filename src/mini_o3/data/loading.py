@@ -16,7 +16,6 @@ A path that itself contains ':' is taken whole when it exists.
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -93,8 +92,6 @@ def load_dataset(spec: str, skip_bad: bool = False, limit: int | None = None, ca
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or at least 0, got {limit}")
     parsed = parse_spec(spec)
-    if parsed.kind == "synthetic":
-        return _load_synthetic(parsed, skip_bad, limit)
     return collect(_records(parsed, cache_dir), skip_bad, limit, parsed)
 
 
@@ -181,6 +178,10 @@ def _records(spec: DatasetSpec, cache_dir: Path | None) -> Iterator[Record]:
         return benchmarks.iter_mme_realworld(path, spec.image_dir, source)
     if spec.kind == "mme-realworld-lite":
         return benchmarks.iter_mme_realworld_lite(spec.path)
+    if spec.kind == "synthetic":
+        from mini_o3.data.synth import iter_synthetic  # rendering code: imported only when used
+
+        return iter_synthetic(spec.path)
     return benchmarks.iter_generic(_file(spec), jsonl=spec.kind == "jsonl")
 
 
@@ -188,24 +189,6 @@ def _file(spec: DatasetSpec) -> Path:
     if spec.path.is_dir():
         raise DatasetError(f"{spec.kind} expects a file, got the folder {spec.path}; name the file inside it")
     return spec.path
-
-
-def _load_synthetic(spec: DatasetSpec, skip_bad: bool, limit: int | None) -> LoadResult:
-    from mini_o3.data.synth import load_synthetic  # written alongside; imported only when used
-
-    accepted = inspect.signature(load_synthetic).parameters
-    options = {name: value for name, value in (("skip_bad", skip_bad), ("limit", limit)) if name in accepted}
-    loaded: Any = load_synthetic(spec.path, **options)
-    if isinstance(loaded, LoadResult):
-        result = loaded
-    elif hasattr(loaded, "samples"):
-        result = LoadResult(list(loaded.samples), getattr(loaded, "skipped", 0), list(getattr(loaded, "reasons", [])))
-    else:
-        return collect(loaded, skip_bad, limit, spec)
-    result.kind, result.path = spec.kind, spec.path
-    if limit is not None:
-        result.samples = result.samples[:limit]
-    return result
 
 
 def _detect_dir(path: Path) -> DatasetSpec:
@@ -227,12 +210,9 @@ def _detect_dir(path: Path) -> DatasetSpec:
 
 
 def _is_synthetic_dir(path: Path) -> bool:
-    try:
-        from mini_o3.data import synth
-    except ImportError:
-        return False
-    check = getattr(synth, "is_synthetic_dir", None)
-    return bool(check(path)) if callable(check) else False
+    from mini_o3.data.synth import is_synthetic_dir
+
+    return is_synthetic_dir(path)
 
 
 def _json_kind(path: Path, strict: bool = True) -> str:

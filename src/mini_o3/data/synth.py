@@ -44,17 +44,16 @@ import io
 import json
 import math
 import multiprocessing
-import os
 import statistics
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from mini_o3.data.benchmarks import DatasetError, multiple_choice_question
+from mini_o3.data.benchmarks import BadRecord, DatasetError, Record, RecordProblem, build_records, existing_image, multiple_choice_question
 from mini_o3.data.sample import Sample
 from mini_o3.data.scene import (
     COLOURS,
@@ -71,6 +70,7 @@ from mini_o3.data.scene import (
     render,
 )
 from mini_o3.images import ResizePolicy, encode_image, target_size
+from mini_o3.jsonl import write_atomic, write_json
 from mini_o3.protocol import question_from_problem
 
 ATTRIBUTES = ("shape", "colour", "pattern", "label")
@@ -1064,16 +1064,6 @@ def _encode(problem: Problem, options: SynthOptions) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def _json_bytes(value: Any) -> bytes:
-    return (json.dumps(value, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-
-
 def _record_path(out: Path, index: int) -> Path:
     return out / "records" / f"{index:06d}.json"
 
@@ -1083,10 +1073,10 @@ def make_record(out: Path, index: int, level: str, size: int, seed: int, options
     problem, figures, attempt, rejections = make_problem(seed, index, level, size, options)
     doc_id = f"synthetic_{level}_{index:06d}"
     image = f"images/{doc_id}.{'jpg' if options.image_format == 'jpeg' else 'png'}"
-    _write_atomic(out / image, _encode(problem, options))
+    write_atomic(out / image, _encode(problem, options))
     meta = {"seed": seed, "index": index, "attempt": attempt, "rejections": dict(sorted(rejections.items()))}
     record = problem_record(problem, figures, doc_id, image, meta)
-    _write_atomic(_record_path(out, index), _json_bytes(record))
+    write_json(_record_path(out, index), record, indent=1)
     return record
 
 
@@ -1189,7 +1179,7 @@ def _claim(out: Path, config: dict[str, Any]) -> None:
                 "use another --out, or the same settings to resume it"
             )
         return
-    _write_atomic(path, _json_bytes(config))
+    write_json(path, config, indent=1)
 
 
 def synthesize(
@@ -1221,7 +1211,7 @@ def synthesize(
     _run(out, pending, level, size, seed, workers, options, progress, n)
     seconds = time.perf_counter() - started
     records = [json.loads(_record_path(out, i).read_text(encoding="utf-8")) for i in range(n)]
-    _write_atomic(out / DATA_FILE, _json_bytes(records))
+    write_json(out / DATA_FILE, records, indent=1)
     rejections: Counter[str] = Counter()
     for record in records:
         rejections.update(record["meta"]["rejections"])
@@ -1241,7 +1231,7 @@ def synthesize(
         question_types=dict(sorted(Counter(r["meta"]["question_type"] for r in records).items())),
         legible_first_view=statistics.fmean(r["meta"]["figures"]["legible_first_view"] for r in records) if records else 0.0,
     )
-    _write_atomic(out / REPORT_FILE, _json_bytes(report.to_dict()))
+    write_json(out / REPORT_FILE, report.to_dict(), indent=1)
     if options.contact_sheet and records:
         from mini_o3.data.contact_sheet import write_contact_sheet
 
@@ -1275,8 +1265,13 @@ def is_synthetic_dir(path: str | Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / DATA_FILE).is_file()
 
 
-def load_synthetic(path: str | Path) -> list[Sample]:
-    """The samples of a synthetic set (its folder or its data.json); images stay on disk."""
+def iter_synthetic(path: str | Path) -> Iterator[Record]:
+    """The records of a synthetic set (its folder or its data.json) as Samples, or BadRecords naming what is wrong.
+
+    A missing or unreadable data.json raises DatasetError at once; a bad record (a field
+    missing, an image path leaving the set's folder, an image not on disk) is a BadRecord,
+    so `load_dataset(..., skip_bad=True)` skips and counts it like any other loader's.
+    """
     path = Path(path)
     file = path / DATA_FILE if path.is_dir() else path
     if not file.is_file():
@@ -1288,40 +1283,59 @@ def load_synthetic(path: str | Path) -> list[Sample]:
         raise DatasetError(f"{file}: not valid JSON ({error}); rerun `mini-o3 synth` with the same arguments to rewrite it") from None
     if not isinstance(records, list):
         raise DatasetError(f"{file}: expected a JSON array of records, found a JSON {type(records).__name__}")
-    base = Path(os.path.normpath(os.path.abspath(file.parent)))
-    return [_sample(record, index, file, base) for index, record in enumerate(records)]
+    base = file.parent
+
+    def build(record: dict[str, Any], index: int) -> Sample:
+        return _sample(record, base)
+
+    return build_records(file, ((index, None, record) for index, record in enumerate(records)), build)
 
 
-def _sample(record: Any, index: int, file: Path, base: Path) -> Sample:
-    doc_id = record.get("doc_id") if isinstance(record, dict) else None
-    where = f"{file}: record {index}" + (f" ({doc_id})" if doc_id else "")
-    if not isinstance(record, dict):
-        raise DatasetError(f"{where}: expected a JSON object")
+def load_synthetic(path: str | Path) -> list[Sample]:
+    """The samples of a synthetic set (its folder or its data.json); images stay on disk. The first bad record raises DatasetError."""
+    samples = []
+    for record in iter_synthetic(path):
+        if isinstance(record, BadRecord):
+            raise DatasetError(f"{record.message()} (or load it with `load_dataset(..., skip_bad=True)` / --skip-bad to skip bad records)")
+        samples.append(record)
+    return samples
+
+
+_REWRITE = "rerun `mini-o3 synth` with the same arguments to rewrite the set"
+
+
+def _sample(record: dict[str, Any], base: Path) -> Sample:
     for key, kind in (("images", list), ("doc_id", str), ("problem", str), ("solution", str), ("data_source", str)):
         if not isinstance(record.get(key), kind):
-            raise DatasetError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
+            raise RecordProblem(f"field {key!r} is missing or not a {kind.__name__}", _REWRITE)
     if not record["problem"].startswith("<image>\n"):
-        raise DatasetError(f"{where}: 'problem' must start with '<image>\\n'")
-    if len(record["images"]) != 1 or not isinstance(record["images"][0], str):
-        raise DatasetError(f"{where}: 'images' must hold exactly one relative path")
-    image = Path(os.path.normpath(base / record["images"][0]))
-    if base not in image.parents:
-        raise DatasetError(f"{where}: image path {record['images'][0]!r} leaves the set's folder {base}")
-    if not image.is_file():
-        raise DatasetError(f"{where}: image not found: {image} (rerun `mini-o3 synth` with the same arguments to redraw it)")
+        raise RecordProblem("'problem' must start with '<image>\\n'", _REWRITE)
+    if len(record["images"]) != 1:
+        raise RecordProblem(f"'images' holds {len(record['images'])} paths, not exactly one", _REWRITE)
+    image = existing_image(base, record["images"][0], "rerun `mini-o3 synth` with the same arguments to redraw it")
     meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+    options = meta.get("options") or {}
+    if not isinstance(options, dict) or not all(isinstance(key, str) and isinstance(text, str) for key, text in options.items()):
+        raise RecordProblem(f"meta.options is {options!r}, not an object of letter -> text", _REWRITE)
+    boxes = meta.get("boxes", [])
+    if not isinstance(boxes, list) or not all(_is_box(box) for box in boxes):
+        raise RecordProblem("meta.boxes is not a list of [x0, y0, x1, y1]", _REWRITE)
     return Sample(
         id=record["doc_id"],
         image=image,
         question=question_from_problem(record["problem"]),
         answer=record["solution"],
-        options=dict(meta.get("options") or {}),
+        options=dict(options),
         source=record["data_source"],
         split=str(meta.get("level", "")),
         category=str(meta.get("question_type", "")),
-        boxes=[tuple(float(v) for v in box) for box in meta.get("boxes", [])],
+        boxes=[tuple(float(v) for v in box) for box in boxes],
         meta=meta,
     )
+
+
+def _is_box(box: Any) -> bool:
+    return isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
 
 
 __all__ = [
@@ -1336,6 +1350,7 @@ __all__ = [
     "check_problem",
     "generate_problem",
     "is_synthetic_dir",
+    "iter_synthetic",
     "load_synthetic",
     "make_problem",
     "near_distractors",

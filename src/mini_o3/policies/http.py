@@ -31,10 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
-from PIL import Image
-
 from mini_o3 import __version__
-from mini_o3.images import data_url, load_image
+from mini_o3.images import as_pil, data_url
 from mini_o3.policies.base import Generation, PolicyError, SamplingParams, restore_stop_string
 
 log = logging.getLogger(__name__)
@@ -127,7 +125,10 @@ class HttpPolicy:
         self.max_connections = max_connections
         self.include_stop_str_in_output = include_stop_str_in_output
         self._endpoints = [_endpoint(normalize_base_url(url)) for url in urls]
-        self._api_key = os.environ.get(api_key_env) or None
+        self._api_key = (os.environ.get(api_key_env) or "").strip() or None
+        if self._api_key and any(ord(char) < 32 or ord(char) == 127 for char in self._api_key):
+            # http.client would refuse the header later with the key in its message.
+            raise ValueError(f"the API key in ${api_key_env} contains a control character; set it to the key alone")
         self._headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": f"mini-o3/{__version__}"}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
@@ -154,9 +155,9 @@ class HttpPolicy:
         attempt = 0
         while True:
             endpoint, wait = self._pick()
-            if wait > 0:
-                time.sleep(wait)
             try:
+                if wait > 0:
+                    time.sleep(wait)
                 reply = self._post(endpoint, "/chat/completions", body)
             except _Failure as failure:
                 self._failed(endpoint, failure)
@@ -177,6 +178,9 @@ class HttpPolicy:
                         "overloaded or failing? check its logs, lower the concurrency or raise max_retries)"
                     )) from None
                 continue
+            except BaseException:
+                self._abandoned(endpoint)  # an unexpected error (or Ctrl-C) must not leave it counted in flight
+                raise
             self._succeeded(endpoint)
             generation = _generation_from_reply(reply, sampling, endpoint.url)
             generation.latency_s = time.perf_counter() - started
@@ -259,13 +263,13 @@ class HttpPolicy:
         encode = getattr(image, "data_url", None)
         if callable(encode):
             return '"' + encode(self.image_format, self.jpeg_quality) + '"'  # base64 needs no JSON escapes
-        if isinstance(image, Image.Image):
-            return '"' + data_url(image, self.image_format, self.jpeg_quality) + '"'
         if isinstance(image, str) and image.startswith(("data:", "http://", "https://")):
             return json.dumps(image)
-        if isinstance(image, (str, os.PathLike)):
-            return '"' + data_url(load_image(image), self.image_format, self.jpeg_quality) + '"'
-        raise PolicyError(f"an image part must hold a View, a PIL image, a path or a URL, got {type(image).__name__}")
+        try:
+            picture = as_pil(image)
+        except TypeError as error:
+            raise PolicyError(f"{error} (or a data: or http(s) URL)") from None
+        return '"' + data_url(picture, self.image_format, self.jpeg_quality) + '"'  # base64 needs no JSON escapes
 
     def _body(self, messages_json: str, sampling: SamplingParams) -> bytes:
         fields: dict[str, Any] = {
@@ -305,6 +309,10 @@ class HttpPolicy:
             endpoint.in_flight += 1
             endpoint.served += 1
         return endpoint, wait
+
+    def _abandoned(self, endpoint: _Endpoint) -> None:
+        with self._lock:
+            endpoint.in_flight -= 1
 
     def _succeeded(self, endpoint: _Endpoint) -> None:
         with self._lock:
@@ -385,6 +393,9 @@ class HttpPolicy:
             except (OSError, http.client.HTTPException) as error:
                 connection.close()
                 raise _Failure(f"connection failed ({_describe(error)})", retryable=True) from None
+            except BaseException:
+                connection.close()  # half a request on it: never back to the pool
+                raise
             if response.will_close:
                 connection.close()
             else:

@@ -33,7 +33,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from mini_o3 import protocol
-from mini_o3.images import open_image
+from mini_o3.images import as_pil
 from mini_o3.policies.base import Generation, PolicyError, SamplingParams
 
 SUPPRESSED_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
@@ -97,7 +97,7 @@ class PromptEncoder:
     def encode(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> EncodedPrompt:
         """Model inputs for `messages` as `protocol.render_messages` renders them."""
         text = protocol.render_messages(messages, add_generation_prompt)
-        images = [_pil_image(part["image"]) for message in messages for part in message["content"] if part["type"] == "image"]
+        images = [as_pil(part["image"]) for message in messages for part in message["content"] if part["type"] == "image"]
         ids = self.encode_text(text)
         pads = sum(1 for token in ids if token == self.image_token_id)
         if pads != len(images):
@@ -142,17 +142,8 @@ class PromptEncoder:
         return values, grid
 
 
-def _pil_image(image: Any) -> Any:
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image
-    shown = getattr(image, "image", None)
-    if isinstance(shown, Image.Image):
-        return shown
-    if isinstance(image, (str, Path)):
-        return open_image(image)
-    raise PolicyError(f"an image part must hold a mini_o3.env.View, a PIL image or a path, got {type(image).__name__}")
+# The RL trainer (mini_o3.train.rl) still imports this name; new code calls images.as_pil.
+_pil_image = as_pil
 
 
 def _token_id(tokenizer: Any, token: str) -> int:
@@ -348,17 +339,20 @@ class LocalPolicy:
             raise PolicyError(f"cannot build the prompt: {type(error).__name__}: {error}") from error
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
         request = _Request(prompt, sampling, seed, start)
-        self._ensure_worker()
-        self._queue.put(request)
+        self._submit(request)
         return request.future.result()
 
     def close(self) -> None:
-        """Stop the background worker (pending calls still finish)."""
+        """Stop the background worker (calls already queued still finish; later ones raise PolicyError)."""
         with self._start_lock:
+            if self._closed:
+                return
             self._closed = True
             worker = self._worker
+            if worker is not None:
+                # Under the lock: every request queued before this is ahead of the stop.
+                self._queue.put(_STOP)
         if worker is not None:
-            self._queue.put(_STOP)
             worker.join()
 
     def __enter__(self) -> "LocalPolicy":
@@ -369,15 +363,37 @@ class LocalPolicy:
 
     # ------------------------------------------------------------ worker
 
-    def _ensure_worker(self) -> None:
+    def _submit(self, request: _Request) -> None:
+        # Checking, starting the worker and queueing under one lock: a close() cannot slip in
+        # between, so no request is ever queued behind the stop with no worker left to run it.
         with self._start_lock:
             if self._closed:
                 raise PolicyError("this LocalPolicy was closed")
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="local-policy-batcher", daemon=True)
                 self._worker.start()
+            self._queue.put(request)
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._start_lock:  # no request can be queued while the leftovers are failed
+                if self._worker is threading.current_thread():
+                    self._worker = None
+                self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Fail whatever is still queued when the worker ends, so that no caller waits forever."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP and not item.future.done():
+                item.future.set_exception(PolicyError("the LocalPolicy worker stopped before this request ran (the policy was closed, or its worker failed)"))
+
+    def _serve(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:

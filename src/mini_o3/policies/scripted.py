@@ -10,28 +10,17 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from PIL import Image
-
 from mini_o3 import protocol
 from mini_o3.env import approximate_tokens, image_tokens, message_tokens
+from mini_o3.images import as_pil
 from mini_o3.policies.base import Generation, PolicyError, SamplingParams
 
 Script = Sequence[str] | Callable[[list[dict[str, Any]]], "str | Generation"]
 
 
-def part_image(image: Any) -> Image.Image:
-    """The PIL image behind an image part: a `View`'s shown image, or the PIL image itself."""
-    if isinstance(image, Image.Image):
-        return image
-    shown = getattr(image, "image", None)
-    if isinstance(shown, Image.Image):
-        return shown
-    raise TypeError(f"an image part must hold a mini_o3.env.View or a PIL image, got {type(image).__name__}")
-
-
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """A tokenizer-free estimate of a conversation's prompt tokens (the environment's own rule)."""
-    return message_tokens(messages, approximate_tokens, lambda image: image_tokens(*part_image(image).size))
+    return message_tokens(messages, approximate_tokens, lambda image: image_tokens(*as_pil(image).size))
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -121,7 +110,7 @@ def echo_turn(messages: list[dict[str, Any]]) -> str:
     for message in messages:
         for part in message["content"]:
             if part["type"] == "image":
-                width, height = part_image(part["image"]).size
+                width, height = as_pil(part["image"]).size
                 sizes.append(f"{width}x{height}")
             elif message["role"] == "user":
                 last_text = part["text"]

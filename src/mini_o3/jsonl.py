@@ -1,0 +1,193 @@
+"""Append-only JSONL files that survive a crash mid-write, and whole files replaced atomically.
+
+A process killed while appending leaves at most one torn last line: bytes with no newline
+after them. Readers skip it (`iter_records`), and the writer cuts it before its first append
+(`JsonlAppender` calls `repair_tail` when it opens the file), so every record starts on a
+fresh line and a torn line can never end up in the middle of a file, where it would be an
+error. A last line that lacks only its newline (the record is whole) is kept and given one.
+
+Files written in one piece (configs, metrics, a report page, rewritten results) go to a
+temporary file beside their path and are renamed over it (`write_atomic`, `write_json`,
+`open_atomic`), so a reader sees the old file or the new one, never half of one. Both
+protect against the process dying, not the machine losing power (nothing is fsynced).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+_CHUNK = 1 << 16
+
+
+class JsonlError(ValueError):
+    """A line in the middle of a JSONL file that is not a JSON object (so not a torn last line)."""
+
+    def __init__(self, path: Path, line: int, problem: str) -> None:
+        super().__init__(f"{path}:{line}: not a JSON record ({problem})")
+        self.path = path
+        self.line = line
+        self.problem = problem
+
+
+def repair_tail(path: str | Path) -> int:
+    """Cut a torn last line off a JSONL file so appends start on a fresh line; returns the bytes cut.
+
+    A last line that is a whole JSON object missing only its newline gets the newline instead
+    (0 bytes cut). A missing or empty file is left alone.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as handle:
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return 0
+        keep = _last_line_start(handle, size)
+        handle.seek(keep)
+        if _record(handle.read(size - keep)) is not None:
+            handle.seek(size)
+            handle.write(b"\n")
+            return 0
+        handle.truncate(keep)
+        return size - keep
+
+
+def _last_line_start(handle: IO[bytes], size: int) -> int:
+    """The offset just after the last newline of the file (0 when it has none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - _CHUNK)
+        handle.seek(start)
+        at = handle.read(end - start).rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """The JSON object a line holds, or None when it holds anything else."""
+    try:
+        value = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError (a line cut inside a character)
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def iter_numbered(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, record) for every JSON object line of a file, skipping blank lines and a torn last line.
+
+    Raises JsonlError (a ValueError naming file:line) for a bad line that is not the last.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            record = _record(line)
+            if record is None:
+                if not line.endswith(b"\n"):
+                    return  # only the last line can lack its newline: torn by a crash mid-write
+                raise JsonlError(path, number, _problem(line))
+            yield number, record
+
+
+def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Every record of a JSONL file, in order; a torn last line is skipped, a bad line elsewhere raises JsonlError."""
+    for _, record in iter_numbered(path):
+        yield record
+
+
+def _problem(line: bytes) -> str:
+    try:
+        value = json.loads(line)
+    except ValueError as error:
+        return str(error)
+    return f"a JSON {type(value).__name__}, not an object"
+
+
+class JsonlAppender:
+    """Appends records to a JSONL file, one line each, flushed at once; safe to share between threads.
+
+    The file is opened (and its torn tail, if any, cut) on the first append, and again on the
+    first append after `close`. `repaired` counts the bytes cut so far.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.repaired = 0
+        self._handle: IO[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record as a line and flush it."""
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock:
+            if self._handle is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.repaired += repair_tail(self.path)
+                self._handle = self.path.open("ab")
+            self._handle.write(line)
+            self._handle.flush()
+
+    def close(self) -> None:
+        """Close the file (a later append opens it again)."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def open_atomic(path: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
+    """A handle on a temporary file beside `path` that replaces `path` when the block ends without an error."""
+    path = Path(path)
+    # A random name: processes (on any machine sharing the folder) and threads writing the same path never share a temporary.
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        # newline="": text is written as given, so a file has the same bytes on every platform.
+        with temporary.open("wb") if binary else temporary.open("w", encoding="utf-8", newline="") as handle:
+            yield handle
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Replace `path` with `data` (text is written as UTF-8) so that no reader ever sees half of it."""
+    with open_atomic(path, binary=isinstance(data, bytes)) as handle:
+        handle.write(data)
+
+
+def write_json(path: str | Path, value: Any, indent: int | None = 2) -> None:
+    """Replace `path` with `value` as JSON (non-JSON values such as paths written as strings), atomically."""
+    write_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False, default=str) + "\n")
+
+
+__all__ = [
+    "JsonlAppender",
+    "JsonlError",
+    "iter_numbered",
+    "iter_records",
+    "open_atomic",
+    "repair_tail",
+    "write_atomic",
+    "write_json",
+]

@@ -282,13 +282,24 @@ def tiny(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes everything."),
-    seed: int = typer.Option(0, help="Seed of the whole run."),
+    out: Optional[Path] = typer.Option(None, help="Where the demo writes everything (default runs/demo-<preset>-s<seed>); reruns resume."),
+    seed: int = typer.Option(0, help="Seed of the whole run: another seed makes another run."),
+    preset: str = typer.Option("default", help="default (about 15 minutes on 2 cores) or long (more data and steps, with the masking ablation)."),
+    no_overturn_mask: bool = typer.Option(False, "--no-overturn-mask", help="Train RL without over-turn masking (the ablation)."),
+    ablation: bool = typer.Option(False, help="Also train RL with masking off and report both."),
 ) -> None:
-    """Run the most complete real path there is, offline, on the tiny model."""
-    from mini_o3.demo import run_demo
+    """The whole recipe offline on a tiny model: data, cold start, SFT, RL, evaluation, report."""
+    from mini_o3.demo import demo_config, run_demo
 
-    run_demo(out, seed)
+    folder = out or Path("runs") / f"demo-{preset}-s{seed}{'-nomask' if no_overturn_mask else ''}"
+    overrides = {"out": str(folder), "seed": seed, "overturn_mask": not no_overturn_mask}
+    if ablation:
+        overrides["ablation"] = True
+    try:
+        config = demo_config(preset, **overrides)
+    except ValueError as error:
+        raise typer.BadParameter(str(error))
+    run_demo(config)
 
 
 def main() -> None:

@@ -241,3 +241,25 @@ def test_grid_layout_matches_the_generator_cells(tmp_path: Path) -> None:
     for sample in load_synthetic(tmp_path / "g"):
         cells, target, rows, cols = grid_layout(sample, Image.open(sample.image).size)
         assert (rows, cols) == (2, 4) and list(cells[target]) == sample.meta["cell_box"]
+
+
+def test_terse_grid_wording_uses_the_base_models_phrases(tmp_path) -> None:
+    from mini_o3.agent import EpisodeConfig
+    from mini_o3.data.synth import GridConfig, SynthOptions, load_synthetic, synthesize
+    from mini_o3.env import Limits
+    from mini_o3.images import ResizePolicy
+
+    resize = ResizePolicy(max_pixels=112 * 112, min_pixels=3136)
+    synthesize(tmp_path / "grid", 6, "grid", 672, 4, progress=False, options=SynthOptions(grid=GridConfig(rows=3, cols=3), resize=resize, contact_sheet=0))
+    oracle = OraclePolicy(max_turns=10, resize=resize, grid_wording="terse")
+    for sample in load_synthetic(tmp_path / "grid"):
+        trajectory = run_episode(oracle, sample, EpisodeConfig(limits=Limits(max_turns=10), resize=resize)).trajectory
+        assert trajectory.status is Status.ANSWERED and trajectory.answer == sample.answer
+        cell = sample.meta["cell"][0] * 3 + sample.meta["cell"][1] + 1
+        assert trajectory.num_turns == cell + 1
+        assert trajectory.turns[0].text.startswith("<think>Cell 1.</think><grounding>")
+        assert all(turn.text.startswith(f"<think>No coloured shape. Cell {n}.</think>") for n, turn in enumerate(trajectory.turns[1:-1], 2))
+        colour = sample.options[sample.answer]
+        assert trajectory.turns[-1].text == f"<think>Found a {colour} shape.</think>\n<answer>{sample.answer}</answer>"
+    with pytest.raises(ValueError, match="grid_wording"):
+        OraclePolicy(grid_wording="chatty")

@@ -74,6 +74,7 @@ RESUME_FIELDS = (
     "data", "policy", "model", "model_path", "exemplars", "exemplars_per_prompt", "per_question", "attempts_per_round",
     "max_turns", "max_images", "max_context_tokens", "numbering", "temperature", "max_new_tokens", "max_pixels",
     "min_pixels", "pixel_limit", "seed", "add_accepted_to_exemplars", "exemplars_added_per_round", "oracle_mix",
+    "oracle_grid_wording",
 )
 
 
@@ -135,6 +136,8 @@ class CollectConfig:
     """After each round, add accepted trajectories to the exemplar pool of later rounds."""
     exemplars_added_per_round: int = 2
     """How many accepted trajectories join the pool per round."""
+    oracle_grid_wording: str = "natural"
+    """oracle, grid world: "natural" (varied sentences) or "terse" (the demo base model's fixed phrases)."""
     oracle_mix: PatternMix = field(default_factory=PatternMix)
     """oracle: how often each pattern is used and how long searches get."""
     limit: int | None = None
@@ -334,7 +337,10 @@ def select_trajectories(
 def build_collect_policy(config: CollectConfig) -> Policy:
     """The policy a config names: an HTTP client, a local model, or the oracle."""
     if config.policy == "oracle":
-        return OraclePolicy(config.oracle_mix, seed=config.seed, max_turns=config.max_turns, resize=config.resize())
+        return OraclePolicy(
+            config.oracle_mix, seed=config.seed, max_turns=config.max_turns, resize=config.resize(),
+            grid_wording=config.oracle_grid_wording,
+        )
     if config.policy == "api":
         if not config.api or not config.model:
             raise ValueError("policy 'api' needs api (server URL, comma-separated for several) and model (the served model name)")

@@ -203,7 +203,7 @@ def _stage_collect(config: DemoConfig, folder: Path, train: str) -> dict[str, An
         CollectConfig(
             data=f"synthetic:{train}", policy="oracle", per_question=1, max_turns=config.eval_turns,
             max_pixels=config.view_pixels, min_pixels=min(config.view_pixels, 56 * 56), seed=config.seed,
-            out=str(folder), concurrency=4, max_one_turn_share=1.0,
+            out=str(folder), concurrency=4, max_one_turn_share=1.0, oracle_grid_wording="terse",
         )
     )
     console.print(report.summary())
@@ -244,7 +244,7 @@ def _stage_eval(config: DemoConfig, folder: Path, test: str, model: str | None) 
     from mini_o3.policies.oracle import OraclePolicy
 
     if model is None:
-        policy: Any = OraclePolicy(seed=config.seed, max_turns=config.eval_turns, resize=_resize(config))
+        policy: Any = OraclePolicy(seed=config.seed, max_turns=config.eval_turns, resize=_resize(config), grid_wording="terse")
     else:
         from mini_o3.policies.local import LocalPolicy
 

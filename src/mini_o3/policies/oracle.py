@@ -148,14 +148,20 @@ class OraclePolicy:
         max_turns: int = 16,
         resize: ResizePolicy = ResizePolicy(),
         grid_order: str = "row_major",
+        grid_wording: str = "natural",
     ) -> None:
         """`max_turns` caps plans (the episode's own limit must be at least as large); `resize`
         must be the episode's, to judge what is legible in the first view; `grid_order` is the
-        demo grid's scan order, "row_major" (learnable) or "random"."""
+        demo grid's scan order, "row_major" (learnable) or "random"; `grid_wording` is
+        "natural" (varied sentences that restate the goal) or "terse" (the fixed phrases the
+        demo's base model was pre-trained on: "No coloured shape. Cell k.", "Found a red shape.")."""
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
         if grid_order not in ("row_major", "random"):
             raise ValueError(f"grid_order must be 'row_major' or 'random', got {grid_order!r}")
+        if grid_wording not in ("natural", "terse"):
+            raise ValueError(f"grid_wording must be 'natural' or 'terse', got {grid_wording!r}")
+        self.grid_wording = grid_wording
         self.mix = mix
         self.seed = seed
         self.max_turns = max_turns
@@ -399,6 +405,7 @@ class _Planner:
         self.max_turns = oracle.max_turns
         self.resize = oracle.resize
         self.grid_order = oracle.grid_order
+        self.grid_wording = oracle.grid_wording
         self.goal = target_description(sample)
         self.answer = oracle_answer(sample)
         self.views: list[PixelBox] = [(0, 0, self.width, self.height)]
@@ -737,6 +744,9 @@ class _Planner:
             order.remove(target)
             self.rng.shuffle(order)
             order.insert(self.rng.randint(0, len(order)), target)
+        if self.grid_wording == "terse":
+            self.plan_grid_terse(cells, target, order)
+            return
         self.restate_all = True
         openings = text.GRID_OPENINGS if self.grid_order == "row_major" else text.GRID_RANDOM_OPENINGS
         self.say(openings, rows=rows, cols=cols, cells=rows * cols)
@@ -751,6 +761,16 @@ class _Planner:
             self.say(text.GRID_MISSES, row=row, col=col)
             self.say(text.GRID_BACKS)
         self.answer_turn()
+
+    def plan_grid_terse(self, cells: list[PixelBox], target: int, order: list[int]) -> None:
+        """The same scan in a few fixed words per turn (short sequences for a tiny model)."""
+        for step, cell in enumerate(order):
+            self.pending = [f"Cell {cell + 1}."] if step == 0 else [f"No coloured shape. Cell {cell + 1}."]
+            self.zoom(0, tuple(float(v) for v in cells[cell]), "cell")
+            if cell == target:
+                break
+        colour = self.sample.options.get(self.answer, self.answer) if self.sample.options else self.answer
+        self.turns.append(PlannedTurn(f"<think>Found a {colour} shape.</think>\n" + protocol.render_answer(self.answer), "answer"))
 
 
 def _reachable(box: Box, source: PixelBox) -> Box:

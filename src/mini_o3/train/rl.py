@@ -1,0 +1,493 @@
+"""`mini-o3 rl`: GRPO with over-turn masking, on TRL's GRPOTrainer, rolling out through the shared episode engine.
+
+How it rides on TRL (and why): `MiniO3GRPOTrainer` subclasses `trl.GRPOTrainer` and replaces
+two methods, keeping everything else of TRL's - the training loop, the optimizer and scheduler,
+accelerate / DeepSpeed, checkpoints and resume, the generation-batch buffering that splits one
+RL step into mini-batches, the per-image slicing of `pixel_values` in the forward pass, and the
+vLLM engine with its weight sync.
+
+- `_generate_and_score_completions`: every question's n rollouts run through
+  `mini_o3.agent.run_episodes` - the same protocol, environment and limits as inference, no
+  second copy of the episode loop - with a policy wrapping the trainer's current model
+  (`LocalPolicy`, batched transformers generation; or the colocated vLLM engine). Rewards are
+  `scoring.score_trajectory` correctness (an optional LLM judge second); advantages, masks and
+  the dynamic-sampling filter are `train.masking`'s; each rollout becomes token ids with
+  `train.tokenize` (the sampled ids, a mask of model-written tokens) and every image it showed
+  (the original and each crop) goes into `pixel_values` / `image_grid_thw`.
+- `_compute_loss`: `masking.clipped_token_loss` (clip 0.2 / 0.3, no KL, no entropy bonus,
+  token mean over the batch's unmasked tokens).
+
+TRL's own routes do not fit: `rollout_func` would give the training forward pass only the
+dataset's prompt image, not the crops inside the completion; `environment_factory` speaks
+Qwen's `<tool_call>` JSON and runs TRL's tool loop, not Mini-o3's `<grounding>` protocol and
+our environment; and neither has over-turn masking or dynamic sampling with refill.
+
+One RL step = `prompts_per_step` questions x `num_generations` rollouts, updated in
+`prompts_per_step / mini_batch_prompts` optimizer steps of `mini_batch_prompts` questions
+(TRL's `steps_per_generation`). The step log, checkpoints and `max_steps` count RL steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from mini_o3.agent import Episode, run_episodes
+from mini_o3.data.sample import Sample
+from mini_o3.policies.base import Policy
+from mini_o3.train import masking
+from mini_o3.train.config import RLJobConfig, config_json
+from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
+from mini_o3.train.rollouts import Rewarder, RolloutGroup, episode_config, mini_o3_correctness, rollout_stats
+from mini_o3.train.sft import FINAL_DIR, freeze_vision, last_checkpoint
+from mini_o3.train.tokenize import ConversationEncoder, EncodedConversation
+from mini_o3.train.vllm_policy import VLLMColocatePolicy
+
+LOG_FILE = "log.jsonl"
+ROLLOUTS_FILE = "rollouts.jsonl"
+CURVE_FILE = "learning_curve.png"
+CURVE_SERIES = ("reward", "rollouts/over_turn_share", "rollouts/turns_mean", "groups/kept_share", "loss")
+
+
+@functools.cache
+def trainer_class() -> type:
+    """`MiniO3GRPOTrainer`, the GRPOTrainer subclass (built on first use: importing TRL takes seconds)."""
+    from trl import GRPOTrainer
+    from trl.models import unwrap_model_for_generation
+    from trl.trainer.utils import pad
+
+    class MiniO3GRPOTrainer(GRPOTrainer):
+        """GRPOTrainer whose rollouts are Mini-o3 episodes and whose loss is `masking.clipped_token_loss`."""
+
+        def __init__(
+            self,
+            *,
+            job: RLJobConfig,
+            samples: Sequence[Sample],
+            tokenizer: Any,
+            image_processor: Any,
+            rewarder: Rewarder,
+            rollout_policy: Policy | None = None,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(**kwargs)
+            self.job = job
+            self.samples = list(samples)
+            self.mini_tokenizer = tokenizer
+            self.image_processor = image_processor
+            self.encoder = ConversationEncoder(tokenizer, image_processor)
+            self.rewarder = rewarder
+            self.episode_config = episode_config(job)
+            self.rollout_policy = rollout_policy
+            self._local_policy: Any = None
+            self._vllm_policy: Any = None
+            self._rollout_seconds = 0.0
+            self._update_seconds = 0.0
+            self._rollouts_path = Path(self.args.output_dir) / (
+                ROLLOUTS_FILE if self.accelerator.num_processes == 1 else f"rollouts.{self.accelerator.process_index}.jsonl"
+            )
+
+        # ------------------------------------------------------------ rollouts
+
+        @contextmanager
+        def _policy(self) -> Iterator[Policy]:
+            """The policy rollouts use, on the current weights, with the model in eval mode."""
+            if self.rollout_policy is not None:
+                yield self.rollout_policy
+                return
+            if self.use_vllm:
+                if self.state.global_step != self._last_loaded_step:
+                    self.vllm_generation.sync_weights()
+                    self._last_loaded_step = self.state.global_step
+                if self._vllm_policy is None:
+                    self._vllm_policy = VLLMColocatePolicy(self.vllm_generation.llm, self.encoder.prompt_encoder, self.job.policy_batch_size)
+                yield self._vllm_policy
+                return
+            was_training = self.model.training
+            with unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped:
+                if self._local_policy is None or self._local_policy.model is not unwrapped:
+                    from mini_o3.policies.local import LocalPolicy
+
+                    if self._local_policy is not None:
+                        self._local_policy.close()
+                    self._local_policy = LocalPolicy(
+                        (unwrapped, self.mini_tokenizer, self.image_processor),
+                        device=str(self.accelerator.device),
+                        max_batch_size=self.job.policy_batch_size,
+                    )
+                unwrapped.eval()
+                try:
+                    yield self._local_policy
+                finally:
+                    if was_training:
+                        self.model.train()
+
+        def _rollout(self, policy: Policy, indices: Sequence[int]) -> list[RolloutGroup]:
+            """Run n episodes for each question index; return the scored groups in order."""
+            n = self.num_generations
+            jobs = [(self.samples[index], group * n + run) for group, index in enumerate(indices) for run in range(n)]
+            slots: list[list[Episode | None]] = [[None] * n for _ in indices]
+            for episode in run_episodes(policy, jobs, self.episode_config, concurrency=self.job.concurrency):
+                slots[episode.run // n][episode.run % n] = episode
+            groups = []
+            for index, episodes in zip(indices, slots):
+                done = [episode for episode in episodes if episode is not None]
+                groups.append(RolloutGroup(index, done, [self.rewarder(episode.trajectory) for episode in done]))
+            return groups
+
+        def _sample_step(self, indices: list[int]) -> tuple[list[RolloutGroup], list[float], list[RolloutGroup], dict[str, float]]:
+            """Roll out, filter uniform groups and refill until `len(indices)` groups are kept (or rounds run out).
+
+            Returns the batch's groups, each group's weight (0 for a uniform group that only fills
+            a slot), the sampled groups left out, and the step's rollout figures.
+            """
+            needed = len(indices)
+            rng = random.Random(f"{self.args.seed}/{self.state.global_step}/{self.accelerator.process_index}")
+            kept: list[RolloutGroup] = []
+            spare: list[RolloutGroup] = []
+            sampled: list[RolloutGroup] = []
+            rounds = 0
+            pending = list(indices)
+            with self._policy() as policy:
+                while pending:
+                    rounds += 1
+                    groups = self._rollout(policy, pending)
+                    sampled += groups
+                    usable = [group for group in groups if group.usable]
+                    if self.job.dynamic_sampling:
+                        keep = set(masking.keep_groups(torch.tensor([group.rewards for group in usable]), self.job.uniform_std)) if usable else set()
+                        kept += [group for i, group in enumerate(usable) if i in keep]
+                        spare += [group for i, group in enumerate(usable) if i not in keep]
+                    else:
+                        kept += usable
+                    missing = needed - len(kept)
+                    if missing <= 0 or rounds >= self.job.max_sampling_rounds:
+                        break
+                    pending = [rng.randrange(len(self.samples)) for _ in range(missing)]
+            kept = kept[:needed]
+            weights = [1.0] * len(kept)
+            fill = needed - len(kept)
+            if fill > 0:
+                if len(spare) < fill:
+                    raise RuntimeError(
+                        f"{fill} of {needed} rollout groups could not be filled: episodes failed to show their image "
+                        "(check the dataset's image paths)"
+                    )
+                # Shapes stay fixed; these uniform groups carry no loss (zero advantage and zero mask).
+                kept += spare[:fill]
+                weights += [0.0] * fill
+            stats = rollout_stats(sampled, len(kept) - fill, fill, rounds, self.job.max_turns)
+            if self.rewarder.judge is not None:
+                stats["judge_failures"] = float(self.rewarder.judge_failures)
+            in_batch = {id(group) for group in kept}
+            left_out = [group for group in sampled if id(group) not in in_batch]
+            return kept, weights, left_out, stats
+
+        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+            n = self.num_generations
+            indices = [int(row["sample_index"]) for row in inputs[::n]]
+            for group, index in enumerate(indices):
+                if any(int(row["sample_index"]) != index for row in inputs[group * n : (group + 1) * n]):
+                    raise RuntimeError(
+                        "a group of rollouts is split across processes; make prompts_per_step a multiple of the "
+                        "number of processes"
+                    )
+            started = time.perf_counter()
+            groups, group_weights, left_out, stats = self._sample_step(indices)
+            rollout_seconds = time.perf_counter() - started
+
+            rewards = torch.tensor([group.rewards for group in groups], dtype=torch.float32)
+            advantages = masking.group_advantages(rewards).reshape(-1)
+            episodes = [episode for group in groups for episode in group.episodes]
+            statuses = [episode.trajectory.status for episode in episodes]
+            weights = masking.rollout_weights(statuses, self.job.overturn_mask)
+            weights = weights * torch.tensor(group_weights).repeat_interleave(n)
+            encoded = [self.encoder.encode_episode(episode) for episode in episodes]
+            batch = self._batch(encoded, advantages, weights)
+            stats["tokens/model_per_rollout"] = sum(sum(item.assistant_mask) for item in encoded) / len(encoded)
+            stats["tokens/sequence_mean"] = sum(len(item) for item in encoded) / len(encoded)
+            stats["tokens/loss_tokens"] = float(batch["loss_mask"].sum())
+            stats["rollouts/masked_share"] = float((weights == 0).float().mean())
+            stats["rollouts/images_mean"] = sum(item.num_images for item in encoded) / len(encoded)
+            stats["time/rollout_s"] = rollout_seconds
+            if self.job.save_rollouts:
+                self._save_rollouts(groups, weights.tolist(), advantages, left_out)
+            self._rollout_seconds += rollout_seconds
+            for key, value in stats.items():
+                self._metrics["train"][key].append(value)
+            return batch
+
+        def _batch(self, encoded: list[EncodedConversation], advantages: torch.Tensor, weights: torch.Tensor) -> dict[str, Any]:
+            device = self.accelerator.device
+            pad_id = self.mini_tokenizer.pad_token_id
+            prompts = [torch.tensor(item.input_ids[: item.prompt_length]) for item in encoded]
+            completions = [torch.tensor(item.input_ids[item.prompt_length :]) for item in encoded]
+            masks = [torch.tensor(item.assistant_mask[item.prompt_length :], dtype=torch.float32) * weight for item, weight in zip(encoded, weights)]
+            prompt_ids = pad(prompts, padding_value=pad_id, padding_side="left")
+            prompt_mask = pad([torch.ones_like(ids) for ids in prompts], padding_value=0, padding_side="left")
+            completion_ids = pad(completions, padding_value=pad_id, padding_side="right")
+            completion_mask = pad([torch.ones_like(ids) for ids in completions], padding_value=0, padding_side="right")
+            loss_mask = pad(masks, padding_value=0.0, padding_side="right")
+            full_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+            mm_token_type_ids = (full_ids == self.encoder.image_token_id).long() * torch.cat([prompt_mask, completion_mask], dim=1)
+            batch: dict[str, Any] = {
+                "prompt_ids": prompt_ids.to(device),
+                "prompt_mask": prompt_mask.to(device),
+                "completion_ids": completion_ids.to(device),
+                "completion_mask": completion_mask.to(device),
+                "loss_mask": loss_mask.to(device),
+                "advantages": advantages.to(device),
+                "mm_token_type_ids": mm_token_type_ids.to(device),
+                "pixel_values": torch.cat([item.pixel_values for item in encoded]).to(device),
+                "image_grid_thw": torch.cat([item.image_grid_thw for item in encoded]).to(device),
+                "num_images": [item.num_images for item in encoded],
+            }
+            if self.args.bf16:
+                batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+            batch["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum().to(device)).sum()
+            generate_every = self.args.steps_per_generation * self.num_iterations
+            if self.args.gradient_accumulation_steps % generate_every != 0 or self.use_vllm:
+                # Several optimizer steps share these rollouts: freeze the log-probs they were judged by.
+                with torch.no_grad():
+                    batch["old_per_token_logps"] = self._logprobs(self.model, batch)
+            return batch
+
+        def _logprobs(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+            input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+            attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+            logprobs, _, _ = self._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                batch["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
+                pixel_values=batch.get("pixel_values"),
+                image_grid_thw=batch.get("image_grid_thw"),
+                num_images=batch.get("num_images"),
+                mm_token_type_ids=batch.get("mm_token_type_ids"),
+            )
+            return logprobs
+
+        def _save_rollouts(
+            self, groups: list[RolloutGroup], weights: list[float], advantages: torch.Tensor, left_out: list[RolloutGroup]
+        ) -> None:
+            """Append every sampled rollout: the batch's first, in batch order, then the groups left out."""
+            step = self.state.global_step // max(self.job.optimizer_steps_per_rl_step(), 1) + 1
+            n = self.num_generations
+            records = []
+            for group_index, group in enumerate(groups + left_out):
+                in_batch = group_index < len(groups)
+                for run, (episode, reward) in enumerate(zip(group.episodes, group.rewards)):
+                    row = group_index * n + run
+                    record = episode.trajectory.to_dict()
+                    if not self.job.save_token_ids:
+                        for turn in record["turns"]:
+                            turn["token_ids"] = turn["logprobs"] = None  # kept out of the log to keep it small
+                    record["meta"] = {
+                        **record.get("meta", {}),
+                        "rl_step": step,
+                        "sample_index": group.sample_index,
+                        "reward": reward,
+                        "in_batch": in_batch,
+                        "advantage": float(advantages[row]) if in_batch else None,
+                        "trained": bool(in_batch and weights[row] > 0),
+                    }
+                    records.append(json.dumps(record, ensure_ascii=False))
+            self._rollouts_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._rollouts_path.open("a", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in records))
+
+        # ------------------------------------------------------------ loss
+
+        def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+            logprobs = self._logprobs(model, inputs)
+            old = inputs.get("old_per_token_logps")
+            old = logprobs.detach() if old is None else old
+            # As TRL's "dapo" normaliser: the tokens of one optimizer step, so that the summed
+            # micro-batch losses are a token mean over the whole mini-batch.
+            num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            loss, stats = masking.clipped_token_loss(
+                logprobs, old, inputs["advantages"], inputs["loss_mask"], self.job.clip_low, self.job.clip_high, num_tokens
+            )
+            metrics = self._metrics["train"]
+            metrics["clip_ratio/low_mean"].append(stats.clip_low_fraction)
+            metrics["clip_ratio/high_mean"].append(stats.clip_high_fraction)
+            metrics["ratio_mean"].append(stats.mean_ratio)
+            return loss
+
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+            before = self._rollout_seconds
+            started = time.perf_counter()
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self._update_seconds += time.perf_counter() - started - (self._rollout_seconds - before)
+            if self._step % self.current_gradient_accumulation_steps == 0:
+                self._metrics["train"]["time/update_s"].append(self._update_seconds)
+                self._update_seconds = 0.0
+            return loss
+
+        def close(self) -> None:
+            """Stop the rollout policy's worker thread."""
+            for policy in (self._local_policy, self._vllm_policy):
+                if policy is not None:
+                    policy.close()
+
+    return MiniO3GRPOTrainer
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_trainer(job: RLJobConfig, samples: Sequence[Sample] | None = None, rollout_policy: Policy | None = None) -> Any:
+    """A ready `MiniO3GRPOTrainer` for `job` (loads the model and, unless given, the questions)."""
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from mini_o3.tiny import build_processor, load_checkpoint
+
+    processes = _world_size()
+    job.validate(processes)
+    if samples is None:
+        from mini_o3.data.loading import load_dataset
+
+        samples = load_dataset(job.data, limit=job.limit).samples
+    samples = list(samples)
+    if not samples:
+        raise ValueError(f"no questions in {job.data!r}")
+    model, tokenizer, image_processor = load_checkpoint(
+        job.model_path, device="cpu", dtype=torch.bfloat16 if job.bf16 else torch.float32
+    )
+    if job.freeze_vision:
+        freeze_vision(model)
+    rollouts_per_optimizer_step = job.mini_batch_prompts * job.num_generations
+    accumulation = rollouts_per_optimizer_step // (job.micro_batch_size * processes)
+    steps_per_rl_step = job.optimizer_steps_per_rl_step()
+    out = Path(job.output_dir)
+    args = GRPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=job.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=accumulation * (job.prompts_per_step // job.mini_batch_prompts),
+        num_generations=job.num_generations,
+        num_iterations=job.ppo_epochs,
+        max_steps=job.steps * steps_per_rl_step,
+        learning_rate=job.learning_rate,
+        lr_scheduler_type=job.lr_scheduler,
+        warmup_steps=job.warmup_ratio,
+        weight_decay=job.weight_decay,
+        max_grad_norm=job.max_grad_norm,
+        beta=0.0,
+        epsilon=job.clip_low,
+        epsilon_high=job.clip_high,
+        loss_type="dapo",
+        temperature=job.temperature,
+        top_p=job.top_p,
+        max_completion_length=job.max_new_tokens,
+        use_vllm=job.use_vllm,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=job.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=job.vllm_tensor_parallel_size,
+        vllm_max_model_length=job.max_context_tokens if job.use_vllm else None,
+        bf16=job.bf16,
+        activation_checkpointing=job.gradient_checkpointing,
+        deepspeed=job.deepspeed,
+        save_strategy="steps",
+        save_steps=job.save_steps * steps_per_rl_step,
+        save_total_limit=job.save_total_limit,
+        logging_steps=steps_per_rl_step,
+        report_to=job.report_to,
+        seed=job.seed,
+        remove_unused_columns=False,
+        shuffle_dataset=True,
+        log_completions=False,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+    dataset = Dataset.from_dict({"prompt": [sample.question for sample in samples], "sample_index": list(range(len(samples)))})
+    rewarder = Rewarder(job.judge_url, job.judge_model, out / "judge_cache.jsonl" if job.judge_url else None)
+    trainer = trainer_class()(
+        job=job,
+        samples=samples,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        rewarder=rewarder,
+        rollout_policy=rollout_policy,
+        model=model,
+        reward_funcs=[mini_o3_correctness],
+        args=args,
+        train_dataset=dataset,
+        processing_class=build_processor(tokenizer, image_processor),
+        callbacks=[
+            JsonlLogCallback(out / LOG_FILE, step_scale=steps_per_rl_step, step_name="step"),
+            SaveImageProcessorCallback(image_processor),
+        ],
+    )
+    return trainer
+
+
+def run_rl(job: RLJobConfig, samples: Sequence[Sample] | None = None, rollout_policy: Policy | None = None) -> Path:
+    """Train `job.model_path` with GRPO on `job.data`; return the final checkpoint's folder.
+
+    `samples` overrides the dataset; `rollout_policy` replaces the trained model as the
+    rollout policy (for tests and off-policy experiments: the update stays on the model).
+    """
+    for name in ("model_path", "output_dir"):
+        if not getattr(job, name):
+            raise ValueError(f"RL needs {name} (set it in the config or on the command line)")
+    if samples is None and not job.data:
+        raise ValueError("RL needs data (a dataset spec such as synthetic:DIR)")
+    out = Path(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print("RL job configuration:\n" + config_json(job), flush=True)
+    (out / "rl_config.json").write_text(config_json(job) + "\n")
+    resume = last_checkpoint(out) if job.resume else None
+    if resume is not None:
+        done = int(Path(resume).name.split("-")[-1])
+        trim_jsonl(out / LOG_FILE, done, key="optimizer_step")
+        for path in out.glob("rollouts*.jsonl"):
+            _trim_rollouts(path, done // max(job.optimizer_steps_per_rl_step(), 1))
+        print(f"resuming from {resume}", flush=True)
+    else:
+        for path in [out / LOG_FILE, *out.glob("rollouts*.jsonl")]:
+            if path.exists():
+                path.unlink()
+    trainer = build_trainer(job, samples, rollout_policy)
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        trainer.close()
+    final = out / FINAL_DIR
+    trainer.save_model(str(final))
+    if trainer.is_world_process_zero():
+        trainer.mini_tokenizer.save_pretrained(final)
+        trainer.image_processor.save_pretrained(final)
+        plot_learning_curve(out / LOG_FILE, out / CURVE_FILE, CURVE_SERIES, "GRPO with over-turn masking" if job.overturn_mask else "GRPO, no over-turn masking")
+        print(f"RL done in {time.perf_counter() - started:.1f} s; final checkpoint: {final}", flush=True)
+    return final
+
+
+def _trim_rollouts(path: Path, last_step: int) -> None:
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("meta", {}).get("rl_step", 0) <= last_step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

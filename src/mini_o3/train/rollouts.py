@@ -1,0 +1,109 @@
+"""What RL rollouts are made of: the episode settings, the reward, scored groups and their figures."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from mini_o3.agent import Episode, EpisodeConfig
+from mini_o3.env import Limits
+from mini_o3.images import ResizePolicy
+from mini_o3.policies.base import SamplingParams
+from mini_o3.scoring import score_trajectory
+from mini_o3.train.config import RLJobConfig
+from mini_o3.train.progress import host_rss_mb
+from mini_o3.trajectory import Status, Trajectory
+
+
+def episode_config(job: RLJobConfig) -> EpisodeConfig:
+    """The episode settings of RL rollouts: training limits, sampling and image sizes from the job."""
+    return EpisodeConfig(
+        limits=Limits(
+            max_turns=job.max_turns,
+            max_images=job.max_images,
+            max_context_tokens=job.max_context_tokens,
+            context_reserve=job.context_reserve,
+            numbering=job.numbering,  # type: ignore[arg-type]
+        ),
+        sampling=SamplingParams(temperature=job.temperature, top_p=job.top_p, max_new_tokens=job.max_new_tokens),
+        resize=ResizePolicy(max_pixels=job.image_max_pixels, min_pixels=job.image_min_pixels),
+    )
+
+
+class Rewarder:
+    """Reward 1.0 for a correct answer by the rules (or, failing them, by the optional judge), else 0.0."""
+
+    def __init__(self, judge_url: str | None = None, judge_model: str | None = None, cache_path: Path | None = None) -> None:
+        self.judge = None
+        self.judge_failures = 0
+        if judge_url:
+            if not judge_model:
+                raise ValueError("judge_url needs judge_model (the judge's model name)")
+            from mini_o3.judge import JudgeConfig, LLMJudge
+
+            self.judge = LLMJudge(JudgeConfig(base_url=judge_url, model=judge_model, cache_path=cache_path))
+
+    def __call__(self, trajectory: Trajectory) -> float:
+        """The reward of a finished trajectory."""
+        if trajectory.answer is None:
+            return 0.0
+        if score_trajectory(trajectory).correct:
+            return 1.0
+        if self.judge is None:
+            return 0.0
+        from mini_o3.judge import JudgeError
+
+        try:
+            return 1.0 if self.judge.judge(trajectory.question, trajectory.ground_truth, trajectory.answer).correct else 0.0
+        except JudgeError:
+            self.judge_failures += 1
+            return 0.0
+
+
+def mini_o3_correctness(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
+    """TRL's reward-function slot; rewards are computed on whole episodes by `Rewarder` instead."""
+    raise RuntimeError("MiniO3GRPOTrainer scores episodes itself; this reward function is never called")
+
+
+@dataclass
+class RolloutGroup:
+    """The n rollouts of one question, scored."""
+
+    sample_index: int
+    episodes: list[Episode]
+    rewards: list[float]
+
+    @property
+    def usable(self) -> bool:
+        """False when an episode never showed the image (it cannot be encoded)."""
+        return all(episode.views for episode in self.episodes)
+
+
+def rollout_stats(sampled: Sequence[RolloutGroup], kept: int, filled: int, rounds: int, max_turns: int) -> dict[str, float]:
+    """Per-step rollout figures: reward, accuracy, how episodes ended, turn counts, dynamic sampling."""
+    episodes = [episode for group in sampled for episode in group.episodes]
+    rewards = [reward for group in sampled for reward in group.rewards]
+    statuses = Counter(episode.trajectory.status for episode in episodes)
+    turns = Counter(episode.trajectory.num_turns for episode in episodes)
+    total = max(len(episodes), 1)
+    stats = {
+        "reward": sum(rewards) / max(len(rewards), 1),
+        "rollouts/accuracy": sum(1 for reward in rewards if reward > 0.5) / total,
+        "rollouts/over_turn_share": sum(count for status, count in statuses.items() if status.truncated) / total,
+        "rollouts/answered_share": statuses[Status.ANSWERED] / total,
+        "rollouts/no_answer_share": statuses[Status.NO_ANSWER] / total,
+        "rollouts/error_share": statuses[Status.ERROR] / total,
+        "rollouts/turns_mean": sum(count * number for count, number in turns.items()) / total,
+        "rollouts/count": float(len(episodes)),
+        "groups/sampled": float(len(sampled)),
+        "groups/kept": float(kept),
+        "groups/kept_share": kept / max(kept + filled, 1),
+        "groups/filled_masked": float(filled),
+        "groups/sampling_rounds": float(rounds),
+        "host_rss_mb": host_rss_mb(),
+    }
+    for count in range(1, max_turns + 1):
+        stats[f"turns/{count}"] = turns[count] / total
+    return stats

@@ -1,0 +1,195 @@
+"""The GRPO maths: advantages, over-turn and observation masks, the clipped loss, dynamic sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mini_o3.train import masking
+from mini_o3.trajectory import Status
+
+
+# ---------------------------------------------------------------- advantages
+
+
+def test_advantages_match_hand_computed_groups() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    advantages = masking.group_advantages(rewards)
+    # Group 1: mean 0.25, unbiased std sqrt((0.5625 + 3 * 0.0625) / 3) = 0.5.
+    assert advantages[0].tolist() == pytest.approx([0.75 / (0.5 + 1e-6)] + [-0.25 / (0.5 + 1e-6)] * 3)
+    # Group 2: mean 0.5, unbiased std sqrt(4 * 0.25 / 3) = 1 / sqrt(3).
+    std = 1 / math.sqrt(3)
+    assert advantages[1].tolist() == pytest.approx([0.5 / (std + 1e-6)] * 2 + [-0.5 / (std + 1e-6)] * 2)
+
+
+def test_advantages_use_the_whole_group_including_over_turn_rollouts() -> None:
+    # The over-turn rollout (reward 0) is part of the mean and the std even though it is masked.
+    with_overturn = masking.group_advantages(torch.tensor([[1.0, 0.0, 0.0]]))
+    without = masking.group_advantages(torch.tensor([[1.0, 0.0]]))
+    assert with_overturn[0, 0] != pytest.approx(without[0, 0])
+    assert with_overturn[0, 0].item() == pytest.approx((1 - 1 / 3) / (math.sqrt(1 / 3) + 1e-6))
+
+
+def test_uniform_group_has_zero_advantages_and_lone_rollout_keeps_its_reward() -> None:
+    assert masking.group_advantages(torch.ones(1, 4)).abs().max().item() == 0.0
+    assert masking.group_advantages(torch.tensor([[1.0]])).item() == pytest.approx(1.0)
+
+
+def test_advantages_reject_a_flat_reward_list() -> None:
+    with pytest.raises(ValueError, match="groups, n"):
+        masking.group_advantages(torch.tensor([1.0, 0.0]))
+
+
+# ---------------------------------------------------------------- dynamic sampling
+
+
+def test_dynamic_sampling_drops_exactly_the_uniform_groups() -> None:
+    rewards = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 0.0],  # all wrong: dropped
+            [1.0, 0.0, 0.0, 0.0],
+            [1.0, 1.0, 1.0, 1.0],  # all right: dropped
+            [0.5, 0.5 + 1e-6, 0.5, 0.5],  # agrees to within 1e-4: dropped
+            [0.0, 1.0, 1.0, 1.0],
+        ]
+    )
+    assert masking.uniform_groups(rewards).tolist() == [True, False, True, True, False]
+    assert masking.keep_groups(rewards) == [1, 4]
+
+
+# ---------------------------------------------------------------- masks
+
+
+def test_rollout_weights_mask_truncated_rollouts_only_when_masking_is_on() -> None:
+    statuses = [Status.ANSWERED, Status.OVER_TURN, Status.OVER_CONTEXT, Status.NO_ANSWER, Status.ERROR]
+    assert masking.rollout_weights(statuses).tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
+    assert masking.rollout_weights(statuses, overturn_mask=False).tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert masking.rollout_weights(["answered", "over_turn"]).tolist() == [1.0, 0.0]
+
+
+def test_loss_mask_combines_assistant_tokens_and_rollout_weights() -> None:
+    assistant = torch.tensor([[1, 1, 0, 1], [1, 0, 1, 1]])
+    mask = masking.loss_mask(assistant, torch.tensor([1.0, 0.0]))
+    assert mask.tolist() == [[1, 1, 0, 1], [0, 0, 0, 0]]
+
+
+# ---------------------------------------------------------------- the loss and its gradient
+
+
+class TableModel(torch.nn.Module):
+    """A differentiable stand-in for a language model: one learned logit row per position."""
+
+    def __init__(self, length: int, vocab: int, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.logits = torch.nn.Parameter(torch.randn(length, vocab, generator=generator))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logprobs = torch.log_softmax(self.logits, dim=-1)
+        return logprobs.gather(1, tokens.T).T  # (rollouts, length)
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 11, (4, 9), generator=generator)
+    # Rollout 2 is over-turn; positions 3-5 of every rollout are an observation turn.
+    assistant = torch.ones(4, 9)
+    assistant[:, 3:6] = 0
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    statuses = [Status.ANSWERED, Status.ANSWERED, Status.OVER_TURN, Status.ANSWERED]
+    return {"tokens": tokens, "assistant": assistant, "rewards": rewards, "statuses": statuses}
+
+
+def _gradient(model: TableModel, batch: dict, overturn_mask: bool, old_shift: float = 0.05) -> torch.Tensor:
+    model.zero_grad()
+    logprobs = model(batch["tokens"])
+    old = logprobs.detach() - old_shift  # ratios slightly above 1, some clipped
+    advantages = masking.group_advantages(batch["rewards"]).reshape(-1)
+    mask = masking.loss_mask(batch["assistant"], masking.rollout_weights(batch["statuses"], overturn_mask))
+    loss, _ = masking.clipped_token_loss(logprobs, old, advantages, mask)
+    loss.backward()
+    return model.logits.grad.clone()
+
+
+@pytest.mark.parametrize("replacement_seed", [1, 2, 3])
+def test_over_turn_rollout_tokens_do_not_change_the_gradient_when_masked(replacement_seed: int) -> None:
+    model = TableModel(9, 11)
+    batch = _batch()
+    reference = _gradient(model, batch, overturn_mask=True)
+    replaced = dict(batch)
+    tokens = batch["tokens"].clone()
+    tokens[2] = torch.randint(0, 11, (9,), generator=torch.Generator().manual_seed(replacement_seed))
+    replaced["tokens"] = tokens
+    assert torch.equal(_gradient(model, replaced, overturn_mask=True), reference)
+    # Without masking the over-turn rollout is pushed down, so its tokens matter.
+    assert not torch.allclose(_gradient(model, replaced, overturn_mask=False), _gradient(model, batch, overturn_mask=False))
+
+
+def test_masking_off_changes_the_gradient() -> None:
+    model = TableModel(9, 11)
+    batch = _batch()
+    assert not torch.allclose(_gradient(model, batch, overturn_mask=True), _gradient(model, batch, overturn_mask=False))
+
+
+def test_observation_and_error_tokens_get_zero_gradient() -> None:
+    batch = _batch()
+    logprobs = torch.randn(4, 9, requires_grad=True)
+    advantages = masking.group_advantages(batch["rewards"]).reshape(-1)
+    mask = masking.loss_mask(batch["assistant"], masking.rollout_weights(batch["statuses"]))
+    loss, _ = masking.clipped_token_loss(logprobs, logprobs.detach(), advantages, mask)
+    loss.backward()
+    assert torch.all(logprobs.grad[:, 3:6] == 0)
+    assert torch.all(logprobs.grad[2] == 0)
+    assert torch.all(logprobs.grad[[0, 1, 3]][:, [0, 1, 2, 6, 7, 8]] != 0)
+
+
+def test_loss_is_a_token_mean_over_unmasked_tokens() -> None:
+    logprobs = torch.zeros(2, 3)
+    advantages = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    loss, stats = masking.clipped_token_loss(logprobs, logprobs, advantages, mask)
+    # Ratio 1 everywhere: per-token loss is -A; (-1 - 1 + 2) / 3 tokens.
+    assert loss.item() == pytest.approx(0.0)
+    assert stats.tokens == 3
+    loss, _ = masking.clipped_token_loss(logprobs, logprobs, torch.tensor([1.0, 1.0]), mask)
+    assert loss.item() == pytest.approx(-1.0)  # a token mean, not a mean of per-rollout means
+    loss, _ = masking.clipped_token_loss(logprobs, logprobs, torch.tensor([1.0, 1.0]), mask, num_tokens=6)
+    assert loss.item() == pytest.approx(-0.5)
+
+
+def test_clip_bounds_are_asymmetric() -> None:
+    mask = torch.ones(1, 1)
+    old = torch.zeros(1, 1)
+    # Positive advantage: the ratio is capped at 1.3, so no gradient beyond it.
+    high = torch.full((1, 1), math.log(1.5), requires_grad=True)
+    loss, stats = masking.clipped_token_loss(high, old, torch.tensor([1.0]), mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(-1.3)
+    assert high.grad.item() == 0.0 and stats.clip_high_fraction == 1.0
+    # Negative advantage: the ratio is floored at 0.8.
+    low = torch.full((1, 1), math.log(0.5), requires_grad=True)
+    loss, stats = masking.clipped_token_loss(low, old, torch.tensor([-1.0]), mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.8)
+    assert low.grad.item() == 0.0 and stats.clip_low_fraction == 1.0
+    # Inside the band the gradient is -A * ratio.
+    inside = torch.full((1, 1), math.log(1.1), requires_grad=True)
+    loss, _ = masking.clipped_token_loss(inside, old, torch.tensor([2.0]), mask)
+    loss.backward()
+    assert inside.grad.item() == pytest.approx(-2.2)
+
+
+def test_masked_garbage_does_not_poison_the_loss() -> None:
+    logprobs = torch.tensor([[0.0, float("nan")]], requires_grad=True)
+    loss, _ = masking.clipped_token_loss(logprobs, torch.zeros(1, 2), torch.tensor([1.0]), torch.tensor([[1.0, 0.0]]))
+    loss.backward()
+    assert math.isfinite(loss.item()) and torch.isfinite(logprobs.grad).all()
+
+
+def test_all_masked_batch_gives_a_zero_loss() -> None:
+    logprobs = torch.zeros(2, 3, requires_grad=True)
+    loss, stats = masking.clipped_token_loss(logprobs, logprobs.detach(), torch.ones(2), torch.zeros(2, 3))
+    loss.backward()
+    assert loss.item() == 0.0 and stats.tokens == 0 and torch.all(logprobs.grad == 0)

@@ -1,0 +1,174 @@
+"""The episode -> training contract: ids, the mask of model-written tokens, every image."""
+
+from __future__ import annotations
+
+
+import pytest
+from PIL import Image
+
+from mini_o3 import protocol
+from mini_o3.agent import EpisodeConfig, run_episode, run_episodes
+from mini_o3.data.sample import Sample
+from mini_o3.env import Limits
+from mini_o3.images import ResizePolicy
+from mini_o3.policies.base import Generation, SamplingParams
+from mini_o3.policies.scripted import ScriptedPolicy, assistant_turns
+from mini_o3.tiny import build_tiny, load_checkpoint
+from mini_o3.train.tokenize import ConversationEncoder
+
+SMALL = ResizePolicy(max_pixels=224 * 224, min_pixels=56 * 56)
+ZOOM = "<think>Zoom in.</think>" + protocol.render_zoom(protocol.Zoom((0.1, 0.1, 0.6, 0.6)))
+BAD_ZOOM = '<think>Try.</think><grounding>{"bbox_2d": [0.5, 0.5]}</grounding>'
+ANSWER = "<think>Red.</think>" + protocol.render_answer("red")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    folder = build_tiny(tmp_path_factory.mktemp("tiny") / "model")
+    return load_checkpoint(folder)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny: tuple) -> ConversationEncoder:
+    _, tokenizer, image_processor = tiny
+    return ConversationEncoder(tokenizer, image_processor)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
+    image = Image.new("RGB", (448, 320), (200, 200, 200))
+    image.paste((220, 30, 30), (100, 90, 150, 140))
+    path = tmp_path_factory.mktemp("images") / "scene.png"
+    image.save(path)
+    return Sample(id="s0", image=path, question="What is the colour of the square?", answer="red")
+
+
+def _runs(ids: list[int], mask: list[int], value: int) -> list[list[int]]:
+    runs, current = [], []
+    for token, bit in zip(ids, mask):
+        if bit == value:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
+def test_sft_mask_covers_exactly_each_assistant_text_and_its_end_token(encoder: ConversationEncoder, sample: Sample) -> None:
+    episode = run_episode(ScriptedPolicy([ZOOM, BAD_ZOOM, ANSWER]), sample, EpisodeConfig(resize=SMALL))
+    trajectory = episode.trajectory
+    assert [turn.feedback for turn in trajectory.turns] == ["observation", "error", None]
+    encoded = encoder.encode_messages(trajectory.messages([view.image for view in episode.views]))
+
+    # Token by token: the 1-runs are the three assistant texts, each closed by <|im_end|>.
+    trained = [encoder.decode(run) for run in _runs(encoded.input_ids, encoded.assistant_mask, 1)]
+    assert trained == [ZOOM + "<|im_end|>", BAD_ZOOM + "<|im_end|>", ANSWER + "<|im_end|>"]
+    # Everything else - system prompt, question, image pads, observation and error turns - is masked.
+    untrained = "".join(encoder.decode(run) for run in _runs(encoded.input_ids, encoded.assistant_mask, 0))
+    assert protocol.SYSTEM_PROMPT in untrained and "here is the the zoom-in image (Observation 1)" in untrained
+    assert "ERROR occurs during grounding" in untrained
+    assert not any(bit for token, bit in zip(encoded.input_ids, encoded.assistant_mask) if token == encoded.image_token_id)
+
+    # The whole sequence is the rendered conversation with each image's pads expanded.
+    assert encoder.decode(encoded.input_ids) == encoder.expanded_rendering(trajectory, encoded.image_tokens)
+    assert encoded.num_images == 2 and encoded.image_grid_thw.shape == (2, 3)
+    assert encoded.pixel_values.shape[0] == int(encoded.image_grid_thw.prod(dim=1).sum())
+    assert encoded.image_tokens == [int(row.prod()) // 4 for row in encoded.image_grid_thw]
+    assert sum(encoded.mm_token_type_ids()) == sum(encoded.image_tokens)
+    header = encoder.decode(encoded.input_ids[: encoded.prompt_length])
+    assert header == protocol.render_messages(trajectory.messages()[:2]).replace(
+        "<|image_pad|>", "<|image_pad|>" * encoded.image_tokens[0]
+    )
+
+
+def test_lengths_without_pixels_match_the_full_encoding(encoder: ConversationEncoder, sample: Sample) -> None:
+    episode = run_episode(ScriptedPolicy([ZOOM, ANSWER]), sample, EpisodeConfig(resize=SMALL))
+    messages = episode.trajectory.messages([view.image for view in episode.views])
+    full = encoder.encode_messages(messages)
+    light = encoder.encode_messages(messages, with_pixels=False)
+    assert light.input_ids == full.input_ids and light.pixel_values is None
+
+
+def test_image_count_mismatch_is_an_error(encoder: ConversationEncoder, sample: Sample) -> None:
+    episode = run_episode(ScriptedPolicy([ANSWER]), sample, EpisodeConfig(resize=SMALL))
+    with pytest.raises(ValueError, match="image parts"):
+        encoder.encode_messages(episode.trajectory.messages(), images=[])
+
+
+class CharTokenPolicy:
+    """Writes scripted turns but reports odd, character-level token ids, as a sampler might.
+
+    The ids decode to the text yet differ from what re-tokenising the text gives, so only a
+    trainer that uses the sampled ids (not the text) puts these exact ids in the sequence.
+    """
+
+    def __init__(self, encoder: ConversationEncoder, script: list[str]) -> None:
+        self.encoder = encoder
+        self.script = script
+
+    def generate(self, messages: list[dict], sampling: SamplingParams = SamplingParams()) -> Generation:
+        text = self.script[assistant_turns(messages)]
+        ids = [token for char in text for token in self.encoder.prompt_encoder.encode_text(char)]
+        if not text.endswith(protocol.STOP_STRING):
+            ids.append(self.encoder.im_end_id)  # the model ended its turn itself
+        return Generation(text=text, token_ids=ids, prompt_tokens=10, completion_tokens=len(ids))
+
+
+def test_rl_encoding_trains_on_the_sampled_ids(encoder: ConversationEncoder, sample: Sample) -> None:
+    policy = CharTokenPolicy(encoder, [ZOOM, ANSWER])
+    episode = run_episode(policy, sample, EpisodeConfig(resize=SMALL))
+    encoded = encoder.encode_episode(episode)
+    sampled = [turn.token_ids for turn in episode.trajectory.turns]
+    assert sampled[0] != encoder.prompt_encoder.encode_text(ZOOM)  # really not the canonical tokens
+
+    trained = _runs(encoded.input_ids, encoded.assistant_mask, 1)
+    # The zoom stopped at </grounding>: the environment's <|im_end|> is not trained on; the answer's is.
+    assert trained == [sampled[0], sampled[1]]
+    assert encoder.decode(encoded.input_ids) == encoder.expanded_rendering(episode.trajectory, encoded.image_tokens)
+    assert encoded.prompt_length < len(encoded.input_ids)
+    assert encoded.assistant_mask[: encoded.prompt_length] == [0] * encoded.prompt_length
+
+
+def test_rl_turns_without_ids_are_tokenised_from_text(encoder: ConversationEncoder, sample: Sample) -> None:
+    episode = run_episode(ScriptedPolicy([ZOOM, ANSWER]), sample, EpisodeConfig(resize=SMALL))
+    encoded = encoder.encode_episode(episode)
+    trained = [encoder.decode(run) for run in _runs(encoded.input_ids, encoded.assistant_mask, 1)]
+    assert trained == [ZOOM, ANSWER + "<|im_end|>"]
+    assert encoder.decode(encoded.input_ids) == encoder.expanded_rendering(episode.trajectory, encoded.image_tokens)
+
+
+def test_over_turn_rollout_keeps_its_tokens_in_the_mask(encoder: ConversationEncoder, sample: Sample) -> None:
+    # Masking whole rollouts is the trainer's job (masking.rollout_weights); the encoding is plain.
+    config = EpisodeConfig(limits=Limits(max_turns=2), resize=SMALL)
+    episode = run_episode(ScriptedPolicy([ZOOM, ZOOM]), sample, config)
+    assert episode.trajectory.status.value == "over_turn"
+    encoded = encoder.encode_episode(episode)
+    assert sum(encoded.assistant_mask) == 2 * len(encoder.prompt_encoder.encode_text(ZOOM))
+    assert encoder.decode(encoded.input_ids) == encoder.expanded_rendering(episode.trajectory, encoded.image_tokens)
+
+
+def test_local_policy_rollouts_decode_to_the_recorded_conversation(tiny: tuple, encoder: ConversationEncoder, sample: Sample) -> None:
+    from mini_o3.policies.local import LocalPolicy
+
+    model, tokenizer, image_processor = tiny
+    config = EpisodeConfig(limits=Limits(max_turns=3), sampling=SamplingParams(max_new_tokens=24, seed=None), resize=SMALL)
+    with LocalPolicy((model, tokenizer, image_processor), max_batch_size=8) as policy:
+        episodes = list(run_episodes(policy, [(sample, run) for run in range(8)], config, concurrency=8))
+    checked = 0
+    for episode in episodes:
+        encoded = encoder.encode_episode(episode)
+        sampled = [turn.token_ids for turn in episode.trajectory.turns]
+        assert _runs(encoded.input_ids, encoded.assistant_mask, 1) == sampled
+        # LocalPolicy drops special tokens a random model samples mid-text from `text`, and cuts
+        # text (not ids) at a stop string inside a token; only turns whose text is the decoding
+        # of their ids can decode to the recorded conversation.
+        faithful = all(
+            encoder.decode([t for t in turn.token_ids if t not in encoder.end_ids]) == turn.text
+            for turn in episode.trajectory.turns
+        )
+        if faithful:
+            assert encoder.decode(encoded.input_ids) == encoder.expanded_rendering(episode.trajectory, encoded.image_tokens)
+            checked += 1
+    assert checked >= 4

@@ -249,6 +249,67 @@ def collect(
     console.print(report.summary())
 
 
+def _job_overrides(pairs: list[str]) -> dict[str, object]:
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--set takes FIELD=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+@app.command()
+def sft(
+    data: str = typer.Option(..., help="SFT dataset folder (as `mini-o3 collect` writes: OUT/sft)."),
+    model_path: str = typer.Option(..., help="Starting checkpoint (Qwen2.5-VL-class folder or a tiny one)."),
+    out: str = typer.Option(..., help="Output folder: checkpoints, log.jsonl, learning_curve.png, final/; reruns resume."),
+    config: str = typer.Option("tiny-cpu", help="Preset name (tiny-cpu, qwen2.5-vl-7b) or a YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of the SFT config: --set learning_rate=1e-5 (repeatable)."),
+) -> None:
+    """Supervised fine-tuning on cold-start trajectories, loss on assistant tokens only."""
+    from mini_o3.train import load_preset, run_sft, with_overrides
+
+    job = with_overrides(load_preset(config).sft, data=data, model_path=model_path, output_dir=out, **_job_overrides(set_))
+    final = run_sft(job)
+    console.print(f"SFT model: {final}")
+
+
+@app.command()
+def rl(
+    data: str = typer.Option(..., help="Dataset spec of the training questions, e.g. synthetic:DIR."),
+    model_path: str = typer.Option(..., help="Starting checkpoint, usually the SFT model."),
+    out: str = typer.Option(..., help="Output folder: checkpoints, rollouts, log.jsonl, learning_curve.png, final/; reruns resume."),
+    config: str = typer.Option("tiny-cpu", help="Preset name (tiny-cpu, qwen2.5-vl-7b) or a YAML file."),
+    no_overturn_mask: bool = typer.Option(False, "--no-overturn-mask", help="Train without over-turn masking (the ablation)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of the RL config: --set steps=50 (repeatable)."),
+) -> None:
+    """GRPO with over-turn masking, rollouts through the same episode engine as inference."""
+    from mini_o3.train import load_preset, run_rl, with_overrides
+
+    overrides = _job_overrides(set_)
+    if no_overturn_mask:
+        overrides["overturn_mask"] = False
+    job = with_overrides(load_preset(config).rl, data=data, model_path=model_path, output_dir=out, **overrides)
+    final = run_rl(job)
+    console.print(f"RL model: {final}")
+
+
+@app.command()
+def pretrain(
+    out: str = typer.Option("checkpoints/base-tiny", help="Checkpoint folder; reruns resume."),
+    steps: int = typer.Option(4000, help="Optimizer steps in all."),
+    threads: int = typer.Option(1, help="Torch threads."),
+) -> None:
+    """Pre-train the demo's tiny base model to see the synthetic grid world (crops, colours)."""
+    from mini_o3.pretrain import main as pretrain_main
+
+    pretrain_main(["--out", out, "--steps", str(steps), "--threads", str(threads)])
+
+
 @app.command()
 def serve(
     model_path: Path = typer.Option(..., help="A local Qwen2.5-VL-class checkpoint directory to serve."),

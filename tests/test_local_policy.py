@@ -291,3 +291,23 @@ def test_bad_checkpoint_directory_is_a_clear_policy_error(tmp_path: Path) -> Non
     missing = tmp_path / "no-such-model"
     with pytest.raises(PolicyError, match=str(missing)):
         LocalPolicy(missing)
+
+
+def test_image_cache_forgets_freed_images() -> None:
+    import gc
+
+    from PIL import Image
+
+    from mini_o3.policies.local import PromptEncoder
+    from mini_o3.tiny import build_image_processor, build_tokenizer
+
+    encoder = PromptEncoder(build_tokenizer(), build_image_processor())
+    images = [Image.new("RGB", (56 + 28 * i, 56), (i * 20, 0, 0)) for i in range(5)]
+    for image in images:
+        encoder._image_features(image)
+    held = encoder._cache_bytes
+    assert len(encoder._cache) == 5 and held > 0
+    del image, images
+    gc.collect()
+    encoder._image_features(Image.new("RGB", (56, 56)))
+    assert len(encoder._cache) == 1 and encoder._cache_bytes < held

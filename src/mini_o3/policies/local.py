@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +76,9 @@ class PromptEncoder:
         self._cache_bytes = 0
         self._cache_limit = image_cache_bytes
         self._lock = threading.Lock()
+        # Keys of images that were freed; the weakref callback only records them (it may run
+        # inside a locked section during garbage collection) and the next lookup drops them.
+        self._freed: deque[int] = deque()
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` (special tokens written in it count as one each)."""
@@ -122,6 +125,7 @@ class PromptEncoder:
     def _image_features(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
         key = id(image)
         with self._lock:
+            self._drop_freed()
             hit = self._cache.get(key)
             if hit is not None and hit[0]() is image:
                 self._cache.move_to_end(key)
@@ -134,12 +138,20 @@ class PromptEncoder:
                 old = self._cache.pop(key, None)
                 if old is not None:
                     self._cache_bytes -= old[1].numel() * old[1].element_size()
-                self._cache[key] = (weakref.ref(image), values, grid)
+                self._cache[key] = (weakref.ref(image, lambda _, key=key: self._freed.append(key)), values, grid)
                 self._cache_bytes += size
                 while self._cache_bytes > self._cache_limit:
                     _, (_, dropped, _) = self._cache.popitem(last=False)
                     self._cache_bytes -= dropped.numel() * dropped.element_size()
         return values, grid
+
+    def _drop_freed(self) -> None:
+        while self._freed:
+            key = self._freed.popleft()
+            entry = self._cache.get(key)
+            if entry is not None and entry[0]() is None:
+                del self._cache[key]
+                self._cache_bytes -= entry[1].numel() * entry[1].element_size()
 
 
 # The RL trainer (mini_o3.train.rl) still imports this name; new code calls images.as_pil.

@@ -49,19 +49,19 @@ class DemoConfig:
     """Training questions (cold start and RL)."""
     test_scenes: int = 48
     """Held-out questions for evaluation."""
-    sft_steps: int = 150
+    sft_steps: int = 450
     """SFT optimizer steps."""
     sft_batch: int = 8
     """Conversations per SFT step."""
     sft_learning_rate: float = 2e-3
     """SFT peak learning rate (a tiny model from random or small-scale pre-trained weights)."""
-    rl_steps: int = 6
+    rl_steps: int = 8
     """RL steps."""
     rl_prompts_per_step: int = 8
     """Questions per RL step (after dynamic sampling)."""
     rl_generations: int = 8
     """Rollouts per question (the GRPO group)."""
-    rl_learning_rate: float = 5e-5
+    rl_learning_rate: float = 2e-4
     """RL learning rate."""
     rl_max_turns: int = 6
     """Turn limit in RL training (the paper's 6)."""

@@ -17,6 +17,7 @@ from mini_o3 import protocol
 from mini_o3.data.sample import Sample
 from mini_o3.env import Limits, ZoomEnv
 from mini_o3.policies.base import Generation, Policy, PolicyError, SamplingParams
+from conftest import Recorder
 from mini_o3.policies.http import HttpPolicy, _generation_from_reply, normalize_base_url
 from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy
 from mini_o3.serve import start_server
@@ -24,34 +25,6 @@ from mini_o3.trajectory import Status
 
 FAKE_KEY = "sk-test-0123456789abcdef-do-not-leak"
 ZOOM = '<think>small</think><grounding>{"bbox_2d": [0.5, 0.5, 1.0, 1.0], "source": "original_image"}</grounding>'
-
-
-class Recorder:
-    """A real policy that remembers what it was asked and answers from a script."""
-
-    def __init__(self, script: Any) -> None:
-        self.inner = ScriptedPolicy(script)
-        self.calls: list[tuple[list[dict[str, Any]], SamplingParams]] = []
-        self.lock = threading.Lock()
-
-    def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams) -> Generation:
-        with self.lock:
-            self.calls.append((messages, sampling))
-        return self.inner.generate(messages, sampling)
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def _start(policy, **options):
-        server, url = start_server(policy, **options)
-        servers.append(server)
-        return server, url
-
-    yield _start
-    for server in servers:
-        server.stop()
 
 
 def _free_port() -> int:

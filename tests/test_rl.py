@@ -172,9 +172,14 @@ def test_ids_trained_on_decode_to_the_recorded_conversation(tiny_dir: Path, samp
         completion = batch["completion_ids"][row][batch["loss_mask"][row] > 0].tolist()
         assert completion == [token for turn in trajectory.turns for token in turn.token_ids]
         # LocalPolicy's text drops special tokens a random model samples mid-turn (see
-        # test_train_tokenize); where the text is the decoding of the ids, the conversation matches.
+        # test_train_tokenize), and a turn it ended with <|endoftext|> instead of <|im_end|>
+        # keeps that id before the template's <|im_end|>; where the text is the decoding of
+        # the ids, the conversation matches.
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         faithful = all(
-            encoder.decode([t for t in turn.token_ids if t not in encoder.end_ids]) == turn.text for turn in trajectory.turns
+            encoder.decode([t for t in turn.token_ids if t not in encoder.end_ids]) == turn.text
+            and all(t == im_end for t in turn.token_ids if t in encoder.end_ids)
+            for turn in trajectory.turns
         )
         if faithful:
             decoded = encoder.decode(ids.tolist())

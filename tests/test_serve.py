@@ -18,35 +18,8 @@ from mini_o3 import protocol
 from mini_o3.images import data_url
 from mini_o3.policies.base import Generation, PolicyError, SamplingParams
 from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy
+from conftest import Recorder
 from mini_o3.serve import decode_data_url, messages_from_openai, start_server
-
-
-class Recorder:
-    """A real policy that remembers what it was asked and answers from a script."""
-
-    def __init__(self, turn: str = "<think>ok</think><answer>yes</answer>") -> None:
-        self.inner = ScriptedPolicy(lambda messages: turn)
-        self.calls: list[tuple[list[dict[str, Any]], SamplingParams]] = []
-        self.lock = threading.Lock()
-
-    def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams) -> Generation:
-        with self.lock:
-            self.calls.append((messages, sampling))
-        return self.inner.generate(messages, sampling)
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def _start(policy, **options):
-        server, url = start_server(policy, **options)
-        servers.append(server)
-        return server, url
-
-    yield _start
-    for server in servers:
-        server.stop()
 
 
 def _request(url: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None):

@@ -28,6 +28,35 @@ class EpisodeConfig:
     pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT
     """Refuse originals larger than this many pixels."""
 
+    @classmethod
+    def from_settings(
+        cls,
+        max_turns: int,
+        max_images: int | None = None,
+        max_context_tokens: int = 32_768,
+        context_reserve: int = 2_000,
+        numbering: str = "reference",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 8192,
+        max_pixels: int = 2_000_000,
+        min_pixels: int = 40_000,
+        pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT,
+    ) -> "EpisodeConfig":
+        """The config from the flat settings that job configs (eval, collect, RL) carry."""
+        return cls(
+            limits=Limits(
+                max_turns=max_turns,
+                max_images=max_images,
+                max_context_tokens=max_context_tokens,
+                context_reserve=context_reserve,
+                numbering=numbering,  # type: ignore[arg-type]
+            ),
+            sampling=SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
+            resize=ResizePolicy(max_pixels=max_pixels, min_pixels=min_pixels),
+            pixel_limit=pixel_limit,
+        )
+
 
 @dataclass
 class Episode:

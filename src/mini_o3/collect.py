@@ -48,11 +48,10 @@ from typing import Any, Iterable, Sequence
 from mini_o3 import protocol
 from mini_o3.agent import Episode, EpisodeConfig, run_episodes
 from mini_o3.data.sample import Sample
-from mini_o3.env import Limits
 from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ResizePolicy
 from mini_o3.exemplars import Exemplar, ExemplarPolicy, classify_patterns, format_problems, load_exemplars
 from mini_o3.jsonl import repair_tail, write_json
-from mini_o3.policies.base import Policy, SamplingParams
+from mini_o3.policies.base import Policy
 from mini_o3.policies.oracle import OraclePolicy, PatternMix
 from mini_o3.policies.seeded import SeededPolicy
 from mini_o3.scoring import score_answer
@@ -182,16 +181,10 @@ class CollectConfig:
 
     def episode_config(self) -> EpisodeConfig:
         """The agent's EpisodeConfig for every episode of the collection."""
-        return EpisodeConfig(
-            limits=Limits(
-                max_turns=self.max_turns,
-                max_images=self.max_images,
-                max_context_tokens=self.max_context_tokens,
-                numbering=self.numbering,  # type: ignore[arg-type]
-            ),
-            sampling=SamplingParams(temperature=self.temperature, max_new_tokens=self.max_new_tokens),
-            resize=self.resize(),
-            pixel_limit=self.pixel_limit,
+        return EpisodeConfig.from_settings(
+            self.max_turns, self.max_images, self.max_context_tokens, numbering=self.numbering,
+            temperature=self.temperature, max_new_tokens=self.max_new_tokens, max_pixels=self.max_pixels,
+            min_pixels=self.min_pixels, pixel_limit=self.pixel_limit,
         )
 
     def to_dict(self) -> dict[str, Any]:

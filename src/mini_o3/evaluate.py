@@ -30,11 +30,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mini_o3 import __version__
 from mini_o3.agent import Episode, EpisodeConfig, run_episodes
 from mini_o3.data.sample import Sample
-from mini_o3.env import Limits
-from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ResizePolicy
+from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT
 from mini_o3.jsonl import JsonlAppender, JsonlError, iter_numbered, repair_tail, write_atomic, write_json
 from mini_o3.judge import JudgeConfig, JudgeError, LLMJudge
-from mini_o3.policies.base import Policy, SamplingParams
+from mini_o3.policies.base import Policy
 from mini_o3.policies.seeded import SeededPolicy
 from mini_o3.scoring import Score, score_trajectory
 from mini_o3.store import TrajectoryStore
@@ -156,17 +155,9 @@ class EvalConfig:
 
     def episode_config(self) -> EpisodeConfig:
         """The agent's EpisodeConfig for this evaluation (seeds are added per turn, see `seed`)."""
-        return EpisodeConfig(
-            limits=Limits(
-                max_turns=self.max_turns,
-                max_images=self.max_images,
-                max_context_tokens=self.max_context_tokens,
-                context_reserve=self.context_reserve,
-                numbering=self.numbering,  # type: ignore[arg-type]
-            ),
-            sampling=SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens),
-            resize=ResizePolicy(max_pixels=self.max_pixels, min_pixels=self.min_pixels),
-            pixel_limit=self.pixel_limit,
+        return EpisodeConfig.from_settings(
+            self.max_turns, self.max_images, self.max_context_tokens, self.context_reserve, self.numbering,
+            self.temperature, self.top_p, self.max_new_tokens, self.max_pixels, self.min_pixels, self.pixel_limit,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,9 +8,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mini_o3.agent import Episode, EpisodeConfig
-from mini_o3.env import Limits
-from mini_o3.images import ResizePolicy
-from mini_o3.policies.base import SamplingParams
 from mini_o3.scoring import score_trajectory
 from mini_o3.train.config import RLJobConfig
 from mini_o3.train.progress import host_rss_mb
@@ -19,16 +16,9 @@ from mini_o3.trajectory import Status, Trajectory
 
 def episode_config(job: RLJobConfig) -> EpisodeConfig:
     """The episode settings of RL rollouts: training limits, sampling and image sizes from the job."""
-    return EpisodeConfig(
-        limits=Limits(
-            max_turns=job.max_turns,
-            max_images=job.max_images,
-            max_context_tokens=job.max_context_tokens,
-            context_reserve=job.context_reserve,
-            numbering=job.numbering,  # type: ignore[arg-type]
-        ),
-        sampling=SamplingParams(temperature=job.temperature, top_p=job.top_p, max_new_tokens=job.max_new_tokens),
-        resize=ResizePolicy(max_pixels=job.image_max_pixels, min_pixels=job.image_min_pixels),
+    return EpisodeConfig.from_settings(
+        job.max_turns, job.max_images, job.max_context_tokens, job.context_reserve, job.numbering,
+        job.temperature, job.top_p, job.max_new_tokens, job.image_max_pixels, job.image_min_pixels,
     )
 
 

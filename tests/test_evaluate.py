@@ -34,7 +34,6 @@ from mini_o3.policies.base import Generation, SamplingParams
 from mini_o3.policies.http import HttpPolicy
 from mini_o3.policies.scripted import ScriptedPolicy
 from mini_o3.policies.seeded import turn_seed
-from mini_o3.serve import start_server
 
 ZOOM = "<think>Let me look closer.</think>" + protocol.render_zoom(protocol.Zoom((0.1, 0.1, 0.6, 0.6)))
 
@@ -94,20 +93,6 @@ def trajectory_keys(path: Path) -> Counter:
             record = json.loads(line)
             counts[(record["sample_id"], int(record["meta"]["run"]))] += 1
     return counts
-
-
-@pytest.fixture()
-def serve():
-    servers = []
-
-    def start(policy, **options):
-        server, url = start_server(policy, **options)
-        servers.append(server)
-        return server, url
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 # ---------------------------------------------------------------- through a real server

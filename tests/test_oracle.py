@@ -263,3 +263,33 @@ def test_terse_grid_wording_uses_the_base_models_phrases(tmp_path) -> None:
         assert trajectory.turns[-1].text == f"<think>Found a {colour} shape.</think>\n<answer>{sample.answer}</answer>"
     with pytest.raises(ValueError, match="grid_wording"):
         OraclePolicy(grid_wording="chatty")
+
+
+@pytest.mark.parametrize("wording", ["terse", "natural"])
+def test_impatient_grid_scans_give_up_before_the_target_and_guess(tmp_path, wording) -> None:
+    from mini_o3.agent import EpisodeConfig
+    from mini_o3.data.synth import GridConfig, SynthOptions, load_synthetic, synthesize
+    from mini_o3.env import Limits
+    from mini_o3.images import ResizePolicy
+
+    resize = ResizePolicy(max_pixels=112 * 112, min_pixels=3136)
+    synthesize(tmp_path / "grid", 12, "grid", 448, 7, progress=False, options=SynthOptions(grid=GridConfig(rows=3, cols=3), resize=resize, contact_sheet=0))
+    samples = [s for s in load_synthetic(tmp_path / "grid") if s.meta["cell"] != [0, 0]]
+    assert samples
+    config = EpisodeConfig(limits=Limits(max_turns=10), resize=resize)
+    patient = OraclePolicy(max_turns=10, resize=resize, grid_wording=wording)
+    impatient = OraclePolicy(PatternMix(grid_give_up=1.0), max_turns=10, resize=resize, grid_wording=wording)
+    guesses = set()
+    for sample in samples:
+        target = sample.meta["cell"][0] * 3 + sample.meta["cell"][1]
+        assert run_episode(patient, sample, config).trajectory.num_turns == target + 2
+        for run in range(3):
+            trajectory = run_episode(impatient, sample, config).trajectory
+            assert trajectory.status is Status.ANSWERED and trajectory.answer in sample.options
+            assert 2 <= trajectory.num_turns <= target + 1  # 1..target wrong cells, then the guess
+            guesses.add(trajectory.answer)
+            if wording == "terse":
+                assert trajectory.turns[-1].text == f"<think>No coloured shape. Guess {sample.options[trajectory.answer]}.</think>\n<answer>{trajectory.answer}</answer>"
+    assert len(guesses) > 1  # guesses are drawn, not the truth
+    with pytest.raises(ValueError, match="grid_give_up"):
+        PatternMix(grid_give_up=1.5)

@@ -345,17 +345,20 @@ def tiny(
 def demo(
     out: Optional[Path] = typer.Option(None, help="Where the demo writes everything (default runs/demo-<preset>-s<seed>); reruns resume."),
     seed: int = typer.Option(0, help="Seed of the whole run: another seed makes another run."),
-    preset: str = typer.Option("default", help="default (about 15 minutes on 2 cores) or long (more data and steps, with the masking ablation)."),
-    no_overturn_mask: bool = typer.Option(False, "--no-overturn-mask", help="Train RL without over-turn masking (the ablation)."),
-    ablation: bool = typer.Option(False, help="Also train RL with masking off and report both."),
+    preset: str = typer.Option("default", help="default (about 15 minutes on 2 cores), long (more data and steps, with the masking ablation) or smoke (every stage in a few minutes; proves the pipeline, not learning)."),
+    no_overturn_mask: bool = typer.Option(False, "--no-overturn-mask", help="Train RL without over-turn masking."),
+    ablation: bool = typer.Option(False, help="Train RL with masking on and off (--ablation-repeats runs each way, from one SFT model) and compare."),
+    ablation_repeats: Optional[int] = typer.Option(None, help="RL runs each way in the ablation (default 2; seeds seed, seed+1, ...)."),
 ) -> None:
     """The whole recipe offline on a tiny model: data, cold start, SFT, RL, evaluation, report."""
     from mini_o3.demo import demo_config, run_demo
 
-    folder = out or Path("runs") / f"demo-{preset}-s{seed}{'-nomask' if no_overturn_mask else ''}"
+    folder = out or Path("runs") / f"demo-{preset}-s{seed}{'-ablation' if ablation else ''}{'-nomask' if no_overturn_mask else ''}"
     overrides = {"out": str(folder), "seed": seed, "overturn_mask": not no_overturn_mask}
     if ablation:
         overrides["ablation"] = True
+    if ablation_repeats is not None:
+        overrides["ablation_repeats"] = ablation_repeats
     try:
         config = demo_config(preset, **overrides)
     except ValueError as error:

@@ -55,6 +55,11 @@ class DemoConfig:
     """Conversations per SFT step."""
     sft_learning_rate: float = 2e-3
     """SFT peak learning rate (a tiny model from random or small-scale pre-trained weights)."""
+    cold_start_per_question: int = 2
+    """Oracle trajectories collected per training question (different plans)."""
+    cold_start_give_up: float = 0.6
+    """Share of cold-start scans that give up after a few wrong cells and guess (only lucky guesses
+    are kept): an imperfect cold start whose impatience RL, with or without masking, reshapes."""
     rl_steps: int = 8
     """RL steps."""
     rl_prompts_per_step: int = 8
@@ -68,9 +73,13 @@ class DemoConfig:
     overturn_mask: bool = True
     """Over-turn masking in RL (False for the ablation)."""
     ablation: bool = False
-    """Also train an RL model with masking off and report both."""
-    eval_temperature: float = 0.0
-    """Sampling temperature of the evaluations (0 is greedy: one run per question is exact)."""
+    """Also train RL models with masking off and report both ways."""
+    ablation_repeats: int = 2
+    """With the ablation: RL runs each way (seeds seed, seed+1, ...), all from the same SFT model."""
+    eval_samples: int = 4
+    """Sampled runs per test question (Avg@K, as the paper)."""
+    eval_temperature: float = 1.0
+    """Sampling temperature of the evaluations (the paper's 1.0; 0 is greedy)."""
     base: str = ""
     """Starting checkpoint; empty uses the committed base model, or a fresh tiny one without it."""
 
@@ -82,8 +91,16 @@ class DemoConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "long": {"train_scenes": 1000, "test_scenes": 96, "sft_steps": 600, "rl_steps": 30, "rl_prompts_per_step": 16, "ablation": True},
+    "long": {"train_scenes": 600, "test_scenes": 96, "sft_steps": 600, "rl_steps": 20, "ablation": True},
+    "smoke": {
+        "train_scenes": 16, "test_scenes": 6, "sft_steps": 6, "sft_batch": 4, "rl_steps": 1, "rl_prompts_per_step": 2,
+        "rl_generations": 4, "ablation": True, "ablation_repeats": 1, "eval_samples": 2,
+    },
 }
+"""default: about 15 minutes on 2 cores; long: more data and steps, with the masking ablation;
+smoke: every stage on a handful of questions in a few minutes (CI), which proves the pipeline, not learning."""
+
+LEVELS = ("easy", "medium", "hard")
 
 
 def demo_config(preset: str = "default", **overrides: Any) -> DemoConfig:
@@ -152,14 +169,15 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     cold = stages.run("collect", lambda folder: _stage_collect(config, folder, data["train"]))
     sft = stages.run("sft", lambda folder: _stage_sft(config, folder, cold["sft"], base["model"]))
     models = {"start": base["model"], "sft": sft["model"]}
-    rl = stages.run("rl", lambda folder: _stage_rl(config, folder, data["train"], sft["model"], config.overturn_mask))
-    models["rl"] = rl["model"]
-    if config.ablation:
-        ablation = stages.run("rl_no_mask", lambda folder: _stage_rl(config, folder, data["train"], sft["model"], False))
-        models["rl_no_mask"] = ablation["model"]
+    logs = {}
+    for name, mask, repeat in rl_runs(config):
+        rl = stages.run(name, lambda folder, mask=mask, repeat=repeat: _stage_rl(config, folder, data["train"], sft["model"], mask, repeat))
+        models[name], logs[name] = rl["model"], rl["log"]
     results = {"oracle": stages.run("eval_oracle", lambda folder: _stage_eval(config, folder, data["test"], None))}
     for name, model in models.items():
         results[name] = stages.run(f"eval_{name}", lambda folder, model=model: _stage_eval(config, folder, data["test"], model))
+        if name in logs:
+            results[name] = {**results[name], "log": logs[name]}
     summary = _summarise(config, results, stages.timings, data)
     write_json(root / "summary.json", summary)
     _write_page(root, summary)
@@ -198,12 +216,14 @@ def _stage_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
 
 def _stage_collect(config: DemoConfig, folder: Path, train: str) -> dict[str, Any]:
     from mini_o3.collect import CollectConfig, collect
+    from mini_o3.policies.oracle import PatternMix
 
     report = collect(
         CollectConfig(
-            data=f"synthetic:{train}", policy="oracle", per_question=1, max_turns=config.eval_turns,
-            max_pixels=config.view_pixels, min_pixels=min(config.view_pixels, 56 * 56), seed=config.seed,
-            out=str(folder), concurrency=4, max_one_turn_share=1.0, oracle_grid_wording="terse",
+            data=f"synthetic:{train}", policy="oracle", per_question=config.cold_start_per_question,
+            max_turns=config.eval_turns, max_pixels=config.view_pixels, min_pixels=min(config.view_pixels, 56 * 56),
+            seed=config.seed, out=str(folder), concurrency=4, max_one_turn_share=1.0, oracle_grid_wording="terse",
+            oracle_mix=PatternMix(grid_give_up=config.cold_start_give_up),
         )
     )
     console.print(report.summary())
@@ -223,7 +243,18 @@ def _stage_sft(config: DemoConfig, folder: Path, data: str, model: str) -> dict[
     return {"model": str(final)}
 
 
-def _stage_rl(config: DemoConfig, folder: Path, train: str, model: str, overturn_mask: bool) -> dict[str, Any]:
+def rl_runs(config: DemoConfig) -> list[tuple[str, bool, int]]:
+    """(stage name, over-turn masking, repeat) of every RL run the config asks for."""
+    if not config.ablation:
+        return [("rl", config.overturn_mask, 0)]
+    return [
+        (f"rl{'' if mask else '_no_mask'}{f'_r{repeat}' if repeat else ''}", mask, repeat)
+        for repeat in range(config.ablation_repeats)
+        for mask in (True, False)
+    ]
+
+
+def _stage_rl(config: DemoConfig, folder: Path, train: str, model: str, overturn_mask: bool, repeat: int = 0) -> dict[str, Any]:
     from mini_o3.train.config import RLJobConfig
     from mini_o3.train.rl import run_rl
 
@@ -233,10 +264,10 @@ def _stage_rl(config: DemoConfig, folder: Path, train: str, model: str, overturn
         num_generations=config.rl_generations, learning_rate=config.rl_learning_rate, max_turns=config.rl_max_turns,
         max_images=2 * config.rl_max_turns, max_new_tokens=160, image_max_pixels=config.view_pixels,
         image_min_pixels=min(config.view_pixels, 56 * 56), overturn_mask=overturn_mask, concurrency=32,
-        policy_batch_size=32, save_steps=max(2, config.rl_steps // 3), seed=config.seed, freeze_vision=False,
+        policy_batch_size=32, save_steps=max(2, config.rl_steps // 3), seed=config.seed + repeat, freeze_vision=False,
     )
     final = run_rl(job)
-    return {"model": str(final), "overturn_mask": overturn_mask}
+    return {"model": str(final), "overturn_mask": overturn_mask, "repeat": repeat, "log": str(folder / "train" / "log.jsonl")}
 
 
 def _stage_eval(config: DemoConfig, folder: Path, test: str, model: str | None) -> dict[str, Any]:
@@ -250,7 +281,8 @@ def _stage_eval(config: DemoConfig, folder: Path, test: str, model: str | None) 
 
         policy = LocalPolicy(model, max_batch_size=48)
     eval_config = EvalConfig(
-        data=f"synthetic:{test}", out=folder / "run", samples=1, max_turns=config.eval_turns, concurrency=48,
+        data=f"synthetic:{test}", out=folder / "run", samples=1 if model is None else config.eval_samples,
+        max_turns=config.eval_turns, concurrency=48,
         temperature=config.eval_temperature, max_new_tokens=160, seed=config.seed, max_pixels=config.view_pixels,
         min_pixels=min(config.view_pixels, 56 * 56), report_episodes=24,
     )
@@ -269,28 +301,159 @@ def _stage_eval(config: DemoConfig, folder: Path, test: str, model: str | None) 
 # ---------------------------------------------------------------- summary
 
 
+def level_of(depth: int, train_turns: int) -> str:
+    """easy, medium or hard: how a reading-order scan that opens `depth` cells fits the training turn limit.
+
+    Such a scan needs depth + 1 turns (one zoom per cell, then the answer). hard needs more
+    turns than RL trains with (only test-time turns reach it); easy and medium split the rest.
+    """
+    if depth + 1 > train_turns:
+        return "hard"
+    return "easy" if depth <= max(1, train_turns // 2) else "medium"
+
+
+def test_levels(config: DemoConfig, test: str) -> dict[str, str]:
+    """The level of every test question, by sample id."""
+    from mini_o3.data.synth import load_synthetic
+
+    levels = {}
+    for sample in load_synthetic(test):
+        row, col = sample.meta["cell"]
+        levels[sample.id] = level_of(int(row) * int(sample.meta["grid"][1]) + int(col) + 1, config.rl_max_turns)
+    return levels
+
+
+def episode_results(run_dir: str | Path) -> list[Any]:
+    """The scored episodes of an eval run, as mini_o3.metrics.EpisodeResult."""
+    from mini_o3.evaluate import read_results
+    from mini_o3.metrics import EpisodeResult
+
+    results = []
+    for (sample_id, run), record in read_results(run_dir).items():
+        answered = record["status"] == "answered" and record["turns"] > 0
+        correct = bool(answered and (record.get("score") or {}).get("correct"))
+        results.append(EpisodeResult(sample_id, run, status=record["status"], correct=correct, num_turns=record["turns"], answer_turn=record["turns"] if answered else None))
+    return results
+
+
+def model_row(config: DemoConfig, run_dir: str | Path, levels: dict[str, str]) -> dict[str, Any]:
+    """Accuracy overall and per level at every budget, statuses and turns, for one evaluated model."""
+    from mini_o3 import metrics
+
+    results = episode_results(run_dir)
+    correct_turns = [result.num_turns for result in results if result.correct]
+    row: dict[str, Any] = {
+        "run": str(run_dir),
+        "episodes": len(results),
+        "accuracy": metrics.avg_at_k(results),
+        "accuracy_by_budget": metrics.accuracy_by_budget(results, config.eval_turns),
+        "by_level": {},
+        "status_counts": metrics.status_counts(results),
+        "turns_correct": metrics.distribution(correct_turns),
+        "beyond_train_turns": sum(turn > config.rl_max_turns for turn in correct_turns) / len(correct_turns) if correct_turns else None,
+    }
+    for level in LEVELS:
+        part = [result for result in results if levels.get(result.sample_id) == level]
+        if part:
+            row["by_level"][level] = {"accuracy": metrics.avg_at_k(part), "accuracy_by_budget": metrics.accuracy_by_budget(part, config.eval_turns)}
+    return row
+
+
+def training_row(log: str | Path) -> dict[str, Any]:
+    """What an RL run's log says about its rollouts: over-turn share, reward and turns per step."""
+    from mini_o3.jsonl import iter_records
+
+    steps = [record for record in iter_records(log) if "rollouts/over_turn_share" in record]
+    over = [float(record["rollouts/over_turn_share"]) for record in steps]
+    return {
+        "steps": len(steps),
+        "over_turn_share": over,
+        "over_turn_share_mean": sum(over) / len(over) if over else None,
+        "reward": [float(record.get("reward", 0.0)) for record in steps],
+        "turns_mean": [float(record.get("rollouts/turns_mean", 0.0)) for record in steps],
+    }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if present else None
+
+
+def masking_table(config: DemoConfig, rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Masking on against off, each the mean over its RL repeats (and the repeats' own figures)."""
+    table = {}
+    for mask, label in ((True, "on"), (False, "off")):
+        names = [name for name, on, _ in rl_runs(config) if on == mask and name in rows]
+        if not names:
+            continue
+        picked = [rows[name] for name in names]
+        table[label] = {
+            "runs": names,
+            "accuracy": _mean([row["accuracy"] for row in picked]),
+            "accuracy_runs": [row["accuracy"] for row in picked],
+            "hard": _mean([row["by_level"].get("hard", {}).get("accuracy") for row in picked]),
+            "over_turn_share_train": _mean([(row.get("training") or {}).get("over_turn_share_mean") for row in picked]),
+            "turns_correct_mean": _mean([row["turns_correct"]["mean"] for row in picked]),
+            "turns_correct_max": max((row["turns_correct"]["max"] or 0) for row in picked),
+            "beyond_train_turns": _mean([row["beyond_train_turns"] for row in picked]),
+        }
+    return table
+
+
 def _summarise(config: DemoConfig, results: dict[str, dict[str, Any]], timings: dict[str, float], data: dict[str, Any]) -> dict[str, Any]:
-    options = _synth_options(config).grid.colours
-    chance = 1.0 / len(options)
-    rows = {"chance": {"accuracy": chance, "accuracy_by_budget": [chance] * config.eval_turns}}
-    rows.update(results)
-    return {"config": asdict(config), "models": rows, "stage_seconds": timings, "total_seconds": sum(timings.values())}
+    levels = test_levels(config, data["test"])
+    chance = 1.0 / len(_synth_options(config).grid.colours)
+    flat = [chance] * config.eval_turns
+    rows: dict[str, dict[str, Any]] = {
+        "chance": {"accuracy": chance, "accuracy_by_budget": flat, "by_level": {level: {"accuracy": chance, "accuracy_by_budget": flat} for level in LEVELS}}
+    }
+    for name, result in results.items():
+        rows[name] = model_row(config, result["run"], levels)
+        if result.get("log"):
+            rows[name]["training"] = training_row(result["log"])
+    counts = {level: sum(value == level for value in levels.values()) for level in LEVELS}
+    return {
+        "config": asdict(config),
+        "levels": counts,
+        "models": rows,
+        "masking": masking_table(config, rows) if config.ablation else {},
+        "stage_seconds": timings,
+        "total_seconds": sum(timings.values()),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     config = summary["config"]
-    budgets = [1, 2, 3, config["rl_max_turns"], config["grid"] ** 2 + 1]
-    table = Table(title="mini-o3 demo: accuracy on the held-out grid world")
+    turns = config["grid"] ** 2 + 1
+    budgets = sorted({1, 2, 3, config["rl_max_turns"], turns})
+    table = Table(title=f"mini-o3 demo: Avg@{config['eval_samples']} on the held-out grid world (levels: {summary['levels']})")
     table.add_column("model")
+    for level in LEVELS:
+        table.add_column(level, justify="right")
     for budget in budgets:
         table.add_column(f"budget {budget}", justify="right")
     table.add_column("over_turn", justify="right")
     for name, row in summary["models"].items():
         curve = row.get("accuracy_by_budget") or []
-        cells = [f"{curve[b - 1]:.2f}" if len(curve) >= b and curve[b - 1] is not None else "-" for b in budgets]
+        cells = [_fmt(curve[b - 1]) if len(curve) >= b else "-" for b in budgets]
+        by_level = [_fmt(row.get("by_level", {}).get(level, {}).get("accuracy")) for level in LEVELS]
         statuses = row.get("status_counts") or {}
-        table.add_row(name, *cells, str(statuses.get("over_turn", "-")))
+        table.add_row(name, *by_level, *cells, str(statuses.get("over_turn", "-")))
     console.print(table)
+    if summary.get("masking"):
+        masking = Table(title="over-turn masking on against off (mean over RL repeats)")
+        for column in ("masking", "accuracy", "runs", "hard", "over-turn share (training)", "turns of correct (mean / max)", f"correct beyond {config['rl_max_turns']} turns"):
+            masking.add_column(column)
+        for label, row in summary["masking"].items():
+            masking.add_row(
+                label, _fmt(row["accuracy"]), " ".join(_fmt(v) for v in row["accuracy_runs"]), _fmt(row["hard"]),
+                _fmt(row["over_turn_share_train"]), f"{_fmt(row['turns_correct_mean'])} / {row['turns_correct_max']}", _fmt(row["beyond_train_turns"]),
+            )
+        console.print(masking)
     times = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in summary["stage_seconds"].items())
     console.print(f"stage times: {times}; total {summary['total_seconds'] / 60:.1f} min")
 
@@ -303,30 +466,76 @@ def _write_page(root: Path, summary: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4))
-    for name, row in summary["models"].items():
-        curve = row.get("accuracy_by_budget") or []
-        if curve:
-            axes.plot(range(1, len(curve) + 1), [value if value is not None else float("nan") for value in curve], marker="o", label=name)
-    axes.set_xlabel("turn budget")
-    axes.set_ylabel("accuracy")
-    axes.set_ylim(0, 1.02)
-    axes.legend()
-    axes.grid(alpha=0.3)
+    config, models = summary["config"], summary["models"]
+    figure, axes = plt.subplots(1, 1 + len(LEVELS), figsize=(16, 4), sharey=True)
+    for ax, level in zip(axes, (None, *LEVELS)):
+        for name, row in models.items():
+            curve = row.get("accuracy_by_budget") if level is None else row.get("by_level", {}).get(level, {}).get("accuracy_by_budget")
+            if curve:
+                style = "--" if name == "chance" else "-"
+                ax.plot(range(1, len(curve) + 1), curve, style, marker="o" if name != "chance" else None, markersize=3, label=name)
+        ax.axvline(config["rl_max_turns"], color="grey", linewidth=0.8, linestyle=":")
+        ax.set_title("all questions" if level is None else f"{level} ({summary['levels'].get(level, 0)} questions)")
+        ax.set_xlabel("turn budget")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"Avg@{config['eval_samples']}")
+    axes[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(root / "accuracy_by_budget.png", dpi=120)
+    figure.savefig(root / "accuracy_by_budget.png", dpi=110)
     plt.close(figure)
+
+    def cell(value: Any) -> str:
+        return f"<td>{html.escape(_fmt(value) if not isinstance(value, str) else value)}</td>"
+
     rows = []
-    for name, row in summary["models"].items():
-        link = f'<a href="{html.escape(str(Path(row["run"]).relative_to(root)))}/index.html">report</a>' if row.get("run") else ""
-        accuracy = row.get("accuracy")
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{'-' if accuracy is None else f'{accuracy:.3f}'}</td><td>{link}</td></tr>")
-    page = (
-        "<!doctype html><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' content=\"default-src 'self'; script-src 'none'\">"
-        "<title>mini-o3 demo</title><h1>mini-o3 demo</h1>"
-        f"<p>{html.escape(json.dumps(summary['config']))}</p>"
-        "<table border=1 cellpadding=4><tr><th>model</th><th>accuracy (largest budget)</th><th></th></tr>"
-        + "".join(rows)
-        + "</table><img src='accuracy_by_budget.png' alt='accuracy against turn budget'>"
-    )
-    (root / "index.html").write_text(page, encoding="utf-8")
+    for name, row in models.items():
+        link = f'<a href="{html.escape(str(Path(row["run"]).relative_to(root)))}/index.html">episodes</a>' if row.get("run") else ""
+        by_level = [row.get("by_level", {}).get(level, {}).get("accuracy") for level in LEVELS]
+        statuses = row.get("status_counts") or {}
+        turns = (row.get("turns_correct") or {}).get("mean")
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td>" + "".join(cell(v) for v in (*by_level, row.get("accuracy"), turns))
+            + f"<td>{statuses.get('over_turn', '-')}</td><td>{link}</td></tr>"
+        )
+    parts = [
+        "<!doctype html><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' content=\"default-src 'self'; script-src 'none'\">",
+        "<title>mini-o3 demo</title><h1>mini-o3 demo</h1>",
+        f"<p>Held-out grid world: {config['test_scenes']} questions, {config['grid']}x{config['grid']} cells, "
+        f"Avg@{config['eval_samples']} at temperature {config['eval_temperature']} with up to {config['grid'] ** 2 + 1} turns. "
+        f"Levels by where the target sits in reading order: easy and medium fit the {config['rl_max_turns']} RL training turns, "
+        "hard needs more (only test-time turns reach it).</p>",
+        "<table border=1 cellpadding=4><tr><th>model</th>" + "".join(f"<th>{level}</th>" for level in LEVELS)
+        + "<th>all</th><th>turns of correct (mean)</th><th>over_turn episodes</th><th></th></tr>" + "".join(rows) + "</table>",
+        "<img src='accuracy_by_budget.png' alt='accuracy against turn budget, overall and per level' width='100%'>",
+    ]
+    if summary.get("masking"):
+        figure, ax = plt.subplots(figsize=(6, 3.5))
+        for name, row in models.items():
+            training = row.get("training")
+            if training and training["over_turn_share"]:
+                ax.plot(range(1, training["steps"] + 1), training["over_turn_share"], marker="o", label=name)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("over-turn share of rollouts")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(root / "over_turn_share.png", dpi=110)
+        plt.close(figure)
+        masking_rows = "".join(
+            f"<tr><td>{label}</td>" + "".join(cell(v) for v in (row["accuracy"], " ".join(_fmt(v) for v in row["accuracy_runs"]), row["hard"], row["over_turn_share_train"], row["turns_correct_mean"], row["turns_correct_max"], row["beyond_train_turns"])) + "</tr>"
+            for label, row in summary["masking"].items()
+        )
+        parts += [
+            "<h2>Over-turn masking on against off</h2>",
+            "<table border=1 cellpadding=4><tr><th>masking</th><th>accuracy (mean)</th><th>each run</th><th>hard</th>"
+            f"<th>over-turn share in training</th><th>turns of correct (mean)</th><th>(max)</th><th>correct beyond {config['rl_max_turns']} turns</th></tr>"
+            + masking_rows + "</table>",
+            "<img src='over_turn_share.png' alt='over-turn share of RL rollouts per step'>",
+        ]
+    times = "".join(f"<tr><td>{html.escape(name)}</td><td>{seconds:.0f} s</td></tr>" for name, seconds in summary["stage_seconds"].items())
+    parts += [
+        f"<h2>Stage times</h2><table border=1 cellpadding=4>{times}<tr><th>total</th><th>{summary['total_seconds'] / 60:.1f} min</th></tr></table>",
+        f"<h2>Settings</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>",
+    ]
+    (root / "index.html").write_text("".join(parts), encoding="utf-8")

@@ -17,7 +17,8 @@ On the grid demo world (synthetic records with `meta["grid"] = [rows, cols]` and
 `meta["cell"] = [row, col]`) the oracle scans the cells row by row from the top-left (or in a
 random order), zooming from the original into each, saying "not here" and restating the goal
 after each wrong cell, and answers from the target cell. A scan needs (target index + 2)
-turns: with a turn limit below that it ends over_turn, and collection rejects it.
+turns: with a turn limit below that it ends over_turn, and collection rejects it. With
+`PatternMix.grid_give_up`, that share of scans gives up after a few wrong cells and guesses.
 
 Synthetic records (mini_o3.data.synth) also give each referent's role: a counting question's
 last view takes in its whole frame, an "inside" question's first zoom takes in the frame, and
@@ -87,12 +88,15 @@ class PatternMix:
     """Share of turns outside goal maintenance that also restate the goal."""
     legible_px: float = 24.0
     """A target this many pixels across (short side) in the first view may be answered directly."""
+    grid_give_up: float = 0.0
+    """Grid world: share of scans that give up after a few wrong cells and guess an option (an
+    impatient searcher, as a prompted model's cold start has; collection keeps the lucky guesses)."""
 
     def __post_init__(self) -> None:
         weights = [self.direct, self.depth_first, self.trial_and_error, self.goal_maintenance]
         if any(weight < 0 for weight in weights) or sum(weights) <= 0:
             raise ValueError(f"pattern weights must be >= 0 and not all 0, got {weights}")
-        for name in ("long_share", "nested_detour_share", "backtrack_share", "restate_share"):
+        for name in ("long_share", "nested_detour_share", "backtrack_share", "restate_share", "grid_give_up"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.max_depth < 1 or self.max_detours < 1:
@@ -744,8 +748,14 @@ class _Planner:
             order.remove(target)
             self.rng.shuffle(order)
             order.insert(self.rng.randint(0, len(order)), target)
+        order = order[: order.index(target) + 1]
+        guess = None
+        if self.mix.grid_give_up > 0 and len(order) > 1 and self.sample.options and self.rng.random() < self.mix.grid_give_up:
+            # give up after 1..(cells before the target) wrong cells and guess any option
+            order = order[: self.rng.randint(1, len(order) - 1)]
+            guess = self.rng.choice(sorted(self.sample.options))
         if self.grid_wording == "terse":
-            self.plan_grid_terse(cells, target, order)
+            self.plan_grid_terse(cells, target, order, guess)
             return
         self.restate_all = True
         openings = text.GRID_OPENINGS if self.grid_order == "row_major" else text.GRID_RANDOM_OPENINGS
@@ -759,16 +769,23 @@ class _Planner:
                 self.say(text.GRID_FOUNDS, row=row, col=col)
                 break
             self.say(text.GRID_MISSES, row=row, col=col)
-            self.say(text.GRID_BACKS)
+            if cell != order[-1]:
+                self.say(text.GRID_BACKS)
+        if guess is not None:
+            self.restated = True
+            self.say(text.GRID_GUESSES, letter=guess, text=self.sample.options[guess])
+            self.turns.append(PlannedTurn(self._thought() + protocol.render_answer(guess), "answer"))
+            return
         self.answer_turn()
 
-    def plan_grid_terse(self, cells: list[PixelBox], target: int, order: list[int]) -> None:
+    def plan_grid_terse(self, cells: list[PixelBox], target: int, order: list[int], guess: str | None = None) -> None:
         """The same scan in a few fixed words per turn (short sequences for a tiny model)."""
         for step, cell in enumerate(order):
             self.pending = [f"Cell {cell + 1}."] if step == 0 else [f"No coloured shape. Cell {cell + 1}."]
             self.zoom(0, tuple(float(v) for v in cells[cell]), "cell")
-            if cell == target:
-                break
+        if guess is not None:
+            self.turns.append(PlannedTurn(f"<think>No coloured shape. Guess {self.sample.options[guess]}.</think>\n" + protocol.render_answer(guess), "answer"))
+            return
         colour = self.sample.options.get(self.answer, self.answer) if self.sample.options else self.answer
         self.turns.append(PlannedTurn(f"<think>Found a {colour} shape.</think>\n" + protocol.render_answer(self.answer), "answer"))
 

@@ -143,6 +143,11 @@ GRID_BACKS = (
     "Going back to the full image.",
     "On to the next cell from the original image.",
 )
+GRID_GUESSES = (
+    "I have not found it yet and will stop here with a guess: ({letter}) {text}.",
+    "Still nothing, so I'll guess ({letter}) {text} rather than search on.",
+)
+
 GRID_FOUNDS = (
     "Found it: the cell in row {row}, column {col} contains {goal}.",
     "Here it is. Row {row}, column {col} holds {goal}.",

@@ -65,6 +65,8 @@ def test_the_smoke_demo_runs_every_stage_resumes_and_reports(tmp_path: Path) -> 
         assert figure in page and (out / figure).stat().st_size > 1000
     assert "Over-turn masking on against off" in page and "hard" in page
     assert "stage times" in first.stdout
+    tables = (out / "summary.md").read_text()
+    assert "| rl_no_mask |" in tables and "| masking |" in tables and f"{models['oracle']['accuracy']:.2f}" in tables
 
     # the cold start holds oracle scans, and SFT trained on it
     messages = (out / "collect" / "sft" / "messages.jsonl").read_text()

@@ -1,12 +1,14 @@
 """`mini-o3 demo`: the whole recipe on one CPU, offline, in stages that resume.
 
 synthesise train and test worlds -> oracle cold-start trajectories -> SFT -> RL with
-over-turn masking -> evaluate chance, the starting model, SFT, RL (and the oracle, the
-ceiling) at every turn budget -> one report. Each stage writes `<stage>/stage.json` when it
-finishes; running again skips finished stages. The demo world is the grid scan of
-`mini_o3.data.synth` (level "grid"): one coloured shape hidden in one of G x G cells, too
-small to name in the first view and large once its cell is zoomed; with more cells than the
-training turn limit, over-turn masking decides whether long searches are punished.
+over-turn masking (with `ablation`, RL each way, repeated) -> evaluate chance, the oracle
+(the ceiling), the starting model, SFT and every RL model at every turn budget, overall and
+per level, Avg@K at temperature 1 as the paper -> one report (index.html, summary.json,
+summary.md). Each stage writes `<stage>/stage.json` when it finishes; running again skips
+finished stages. The demo world is the grid scan of `mini_o3.data.synth` (level "grid"): one
+coloured shape hidden in one of G x G cells, small in the first view and large once its cell
+is zoomed. Levels follow the target's cell in reading order against the RL turn limit: hard
+targets need more turns than RL trains with, which is where over-turn masking matters.
 """
 
 from __future__ import annotations

@@ -523,7 +523,8 @@ def _write_page(root: Path, summary: dict[str, Any]) -> None:
     plt.close(figure)
 
     def cell(value: Any) -> str:
-        return f"<td>{html.escape(_fmt(value) if not isinstance(value, str) else value)}</td>"
+        text = value if isinstance(value, str) else str(value) if isinstance(value, int) else _fmt(value)
+        return f"<td>{html.escape(text)}</td>"
 
     rows = []
     for name, row in models.items():

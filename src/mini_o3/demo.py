@@ -290,15 +290,7 @@ def _stage_eval(config: DemoConfig, folder: Path, test: str, model: str | None) 
         min_pixels=min(config.view_pixels, 56 * 56), report_episodes=24,
     )
     result = run_eval(eval_config, policy, console=console)
-    metrics = result.metrics
-    return {
-        "run": str(result.run_dir),
-        "accuracy": metrics.get("avg_at_k"),
-        "accuracy_by_budget": metrics.get("accuracy_by_budget"),
-        "status_counts": metrics.get("status_counts"),
-        "turns_correct": metrics.get("turns_correct"),
-        "correct_turns": metrics.get("correct_turns"),
-    }
+    return {"run": str(result.run_dir)}
 
 
 # ---------------------------------------------------------------- summary
@@ -315,7 +307,7 @@ def level_of(depth: int, train_turns: int) -> str:
     return "easy" if depth <= max(1, train_turns // 2) else "medium"
 
 
-def test_levels(config: DemoConfig, test: str) -> dict[str, str]:
+def levels_by_sample(config: DemoConfig, test: str) -> dict[str, str]:
     """The level of every test question, by sample id."""
     from mini_o3.data.synth import load_synthetic
 
@@ -326,24 +318,12 @@ def test_levels(config: DemoConfig, test: str) -> dict[str, str]:
     return levels
 
 
-def episode_results(run_dir: str | Path) -> list[Any]:
-    """The scored episodes of an eval run, as mini_o3.metrics.EpisodeResult."""
-    from mini_o3.evaluate import read_results
-    from mini_o3.metrics import EpisodeResult
-
-    results = []
-    for (sample_id, run), record in read_results(run_dir).items():
-        answered = record["status"] == "answered" and record["turns"] > 0
-        correct = bool(answered and (record.get("score") or {}).get("correct"))
-        results.append(EpisodeResult(sample_id, run, status=record["status"], correct=correct, num_turns=record["turns"], answer_turn=record["turns"] if answered else None))
-    return results
-
-
 def model_row(config: DemoConfig, run_dir: str | Path, levels: dict[str, str]) -> dict[str, Any]:
     """Accuracy overall and per level at every budget, statuses and turns, for one evaluated model."""
     from mini_o3 import metrics
+    from mini_o3.evaluate import episode_results, latest_trajectories, read_results
 
-    results = episode_results(run_dir)
+    results = episode_results(latest_trajectories(run_dir), read_results(run_dir))
     correct_turns = [result.num_turns for result in results if result.correct]
     row: dict[str, Any] = {
         "run": str(run_dir),
@@ -404,7 +384,7 @@ def masking_table(config: DemoConfig, rows: dict[str, dict[str, Any]]) -> dict[s
 
 
 def _summarise(config: DemoConfig, results: dict[str, dict[str, Any]], timings: dict[str, float], data: dict[str, Any]) -> dict[str, Any]:
-    levels = test_levels(config, data["test"])
+    levels = levels_by_sample(config, data["test"])
     chance = 1.0 / len(_synth_options(config).grid.colours)
     flat = [chance] * config.eval_turns
     rows: dict[str, dict[str, Any]] = {
@@ -429,70 +409,85 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
-    """The summary as Markdown tables (per level, against turn budget, masking, stage times)."""
-    config, models = summary["config"], summary["models"]
-    turns = config["grid"] ** 2 + 1
-    budgets = sorted({1, 2, 3, config["rl_max_turns"], turns})
-    lines = [
-        f"Avg@{config['eval_samples']} (temperature {config['eval_temperature']}) on {config['test_scenes']} held-out questions, "
-        f"up to {turns} turns; levels {summary['levels']}.",
-        "",
-        "| model | " + " | ".join(LEVELS) + " | all | " + " | ".join(f"budget {b}" for b in budgets) + " | turns of correct (mean) |",
-        "|---" * (len(LEVELS) + len(budgets) + 3) + "|",
-    ]
-    for name, row in models.items():
+def _budgets(config: dict[str, Any]) -> list[int]:
+    return sorted({1, 2, 3, config["rl_max_turns"], config["grid"] ** 2 + 1})
+
+
+def models_table(summary: dict[str, Any], budgets: list[int] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the model table: accuracy per level, overall, at key budgets, turns, over-turn episodes."""
+    budgets = budgets or _budgets(summary["config"])
+    header = ["model", *LEVELS, "all", *(f"budget {b}" for b in budgets), "turns of correct (mean)", "over_turn"]
+    rows = []
+    for name, row in summary["models"].items():
         curve = row.get("accuracy_by_budget") or []
         by_level = [_fmt(row.get("by_level", {}).get(level, {}).get("accuracy")) for level in LEVELS]
         cells = [_fmt(curve[b - 1]) if len(curve) >= b else "-" for b in budgets]
         turns_mean = (row.get("turns_correct") or {}).get("mean")
-        lines.append(f"| {name} | " + " | ".join([*by_level, _fmt(row.get("accuracy")), *cells, _fmt(turns_mean)]) + " |")
-    if summary.get("masking"):
-        lines += [
-            "",
-            f"| masking | accuracy (mean) | each run | hard | over-turn share in training | turns of correct (mean / max) | correct beyond {config['rl_max_turns']} turns |",
-            "|---|---|---|---|---|---|---|",
+        over_turn = (row.get("status_counts") or {}).get("over_turn", "-")
+        rows.append([name, *by_level, _fmt(row.get("accuracy")), *cells, _fmt(turns_mean), str(over_turn)])
+    return header, rows
+
+
+def masking_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the masking on/off table (empty rows without the ablation)."""
+    header = [
+        "masking", "accuracy (mean)", "each run", "hard", "over-turn share in training",
+        "turns of correct (mean / max)", f"correct beyond {summary['config']['rl_max_turns']} turns",
+    ]
+    rows = [
+        [
+            label, _fmt(row["accuracy"]), " ".join(_fmt(v) for v in row["accuracy_runs"]), _fmt(row["hard"]),
+            _fmt(row["over_turn_share_train"]), f"{_fmt(row['turns_correct_mean'])} / {row['turns_correct_max']}", _fmt(row["beyond_train_turns"]),
         ]
-        for label, row in summary["masking"].items():
-            lines.append(
-                f"| {label} | {_fmt(row['accuracy'])} | {' '.join(_fmt(v) for v in row['accuracy_runs'])} | {_fmt(row['hard'])} | "
-                f"{_fmt(row['over_turn_share_train'])} | {_fmt(row['turns_correct_mean'])} / {row['turns_correct_max']} | {_fmt(row['beyond_train_turns'])} |"
-            )
+        for label, row in (summary.get("masking") or {}).items()
+    ]
+    return header, rows
+
+
+def _stage_times(summary: dict[str, Any]) -> str:
     times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stage_seconds"].items())
-    lines += ["", f"Stage times: {times}; total {summary['total_seconds'] / 60:.1f} min."]
+    return f"stage times: {times}; total {summary['total_seconds'] / 60:.1f} min"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as Markdown tables (per level, against turn budget, masking, stage times)."""
+    config = summary["config"]
+
+    def table(header: list[str], rows: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *("| " + " | ".join(row) + " |" for row in rows)]
+
+    lines = [
+        f"Avg@{config['eval_samples']} (temperature {config['eval_temperature']}) on {config['test_scenes']} held-out questions, "
+        f"up to {config['grid'] ** 2 + 1} turns; levels {summary['levels']}.",
+        "",
+        *table(*models_table(summary)),
+    ]
+    header, rows = masking_rows(summary)
+    if rows:
+        lines += ["", *table(header, rows)]
+    lines += ["", _stage_times(summary).capitalize() + "."]
     return "\n".join(lines) + "\n"
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     config = summary["config"]
-    turns = config["grid"] ** 2 + 1
-    budgets = sorted({1, 2, 3, config["rl_max_turns"], turns})
-    table = Table(title=f"mini-o3 demo: Avg@{config['eval_samples']} on the held-out grid world (levels: {summary['levels']})")
-    table.add_column("model")
-    for level in LEVELS:
-        table.add_column(level, justify="right")
-    for budget in budgets:
-        table.add_column(f"budget {budget}", justify="right")
-    table.add_column("over_turn", justify="right")
-    for name, row in summary["models"].items():
-        curve = row.get("accuracy_by_budget") or []
-        cells = [_fmt(curve[b - 1]) if len(curve) >= b else "-" for b in budgets]
-        by_level = [_fmt(row.get("by_level", {}).get(level, {}).get("accuracy")) for level in LEVELS]
-        statuses = row.get("status_counts") or {}
-        table.add_row(name, *by_level, *cells, str(statuses.get("over_turn", "-")))
-    console.print(table)
-    if summary.get("masking"):
-        masking = Table(title="over-turn masking on against off (mean over RL repeats)")
-        for column in ("masking", "accuracy", "runs", "hard", "over-turn share (training)", "turns of correct (mean / max)", f"correct beyond {config['rl_max_turns']} turns"):
-            masking.add_column(column)
-        for label, row in summary["masking"].items():
-            masking.add_row(
-                label, _fmt(row["accuracy"]), " ".join(_fmt(v) for v in row["accuracy_runs"]), _fmt(row["hard"]),
-                _fmt(row["over_turn_share_train"]), f"{_fmt(row['turns_correct_mean'])} / {row['turns_correct_max']}", _fmt(row["beyond_train_turns"]),
-            )
-        console.print(masking)
-    times = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in summary["stage_seconds"].items())
-    console.print(f"stage times: {times}; total {summary['total_seconds'] / 60:.1f} min")
+    for title, (header, rows) in (
+        # three budgets keep the table readable in an 80-column terminal
+        (
+            f"mini-o3 demo: Avg@{config['eval_samples']} on the held-out grid world (levels: {summary['levels']})",
+            models_table(summary, [1, config["rl_max_turns"], config["grid"] ** 2 + 1]),
+        ),
+        ("over-turn masking on against off (mean over RL repeats)", masking_rows(summary)),
+    ):
+        if not rows:
+            continue
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column, justify="left" if column in ("model", "masking") else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(_stage_times(summary))
 
 
 def _write_page(root: Path, summary: dict[str, Any]) -> None:
@@ -522,20 +517,18 @@ def _write_page(root: Path, summary: dict[str, Any]) -> None:
     figure.savefig(root / "accuracy_by_budget.png", dpi=110)
     plt.close(figure)
 
-    def cell(value: Any) -> str:
-        text = value if isinstance(value, str) else str(value) if isinstance(value, int) else _fmt(value)
-        return f"<td>{html.escape(text)}</td>"
-
-    rows = []
-    for name, row in models.items():
-        link = f'<a href="{html.escape(str(Path(row["run"]).relative_to(root)))}/index.html">episodes</a>' if row.get("run") else ""
-        by_level = [row.get("by_level", {}).get(level, {}).get("accuracy") for level in LEVELS]
-        statuses = row.get("status_counts") or {}
-        turns = (row.get("turns_correct") or {}).get("mean")
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td>" + "".join(cell(v) for v in (*by_level, row.get("accuracy"), turns))
-            + f"<td>{statuses.get('over_turn', '-')}</td><td>{link}</td></tr>"
+    def table(header: list[str], rows: list[list[str]], links: list[str] | None = None) -> str:
+        head = "".join(f"<th>{html.escape(column)}</th>" for column in header) + ("<th></th>" if links else "")
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(value)}</td>" for value in row) + (f"<td>{links[i]}</td>" if links else "") + "</tr>"
+            for i, row in enumerate(rows)
         )
+        return f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
+
+    links = [
+        f'<a href="{html.escape(str(Path(row["run"]).relative_to(root)))}/index.html">episodes</a>' if row.get("run") else ""
+        for row in models.values()
+    ]
     parts = [
         "<!doctype html><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' content=\"default-src 'self'; script-src 'none'\">",
         "<title>mini-o3 demo</title><h1>mini-o3 demo</h1>",
@@ -543,8 +536,7 @@ def _write_page(root: Path, summary: dict[str, Any]) -> None:
         f"Avg@{config['eval_samples']} at temperature {config['eval_temperature']} with up to {config['grid'] ** 2 + 1} turns. "
         f"Levels by where the target sits in reading order: easy and medium fit the {config['rl_max_turns']} RL training turns, "
         "hard needs more (only test-time turns reach it).</p>",
-        "<table border=1 cellpadding=4><tr><th>model</th>" + "".join(f"<th>{level}</th>" for level in LEVELS)
-        + "<th>all</th><th>turns of correct (mean)</th><th>over_turn episodes</th><th></th></tr>" + "".join(rows) + "</table>",
+        table(*models_table(summary), links),
         "<img src='accuracy_by_budget.png' alt='accuracy against turn budget, overall and per level' width='100%'>",
     ]
     if summary.get("masking"):
@@ -560,15 +552,9 @@ def _write_page(root: Path, summary: dict[str, Any]) -> None:
         figure.tight_layout()
         figure.savefig(root / "over_turn_share.png", dpi=110)
         plt.close(figure)
-        masking_rows = "".join(
-            f"<tr><td>{label}</td>" + "".join(cell(v) for v in (row["accuracy"], " ".join(_fmt(v) for v in row["accuracy_runs"]), row["hard"], row["over_turn_share_train"], row["turns_correct_mean"], row["turns_correct_max"], row["beyond_train_turns"])) + "</tr>"
-            for label, row in summary["masking"].items()
-        )
         parts += [
             "<h2>Over-turn masking on against off</h2>",
-            "<table border=1 cellpadding=4><tr><th>masking</th><th>accuracy (mean)</th><th>each run</th><th>hard</th>"
-            f"<th>over-turn share in training</th><th>turns of correct (mean)</th><th>(max)</th><th>correct beyond {config['rl_max_turns']} turns</th></tr>"
-            + masking_rows + "</table>",
+            table(*masking_rows(summary)),
             "<img src='over_turn_share.png' alt='over-turn share of RL rollouts per step'>",
         ]
     times = "".join(f"<tr><td>{html.escape(name)}</td><td>{seconds:.0f} s</td></tr>" for name, seconds in summary["stage_seconds"].items())

@@ -374,6 +374,13 @@ def _write_results(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
     write_atomic(run_dir / RESULTS_FILE, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
+def episode_results(trajectories: dict[tuple[str, int], Trajectory], records: dict[tuple[str, int], dict[str, Any]]) -> list[Any]:
+    """A run's scored episodes as mini_o3.metrics.EpisodeResult (`latest_trajectories` and `read_results` give the inputs)."""
+    from mini_o3.metrics import EpisodeResult
+
+    return [EpisodeResult.from_trajectory(trajectories[key], Score.from_dict(records[key]["score"]), key[1]) for key in trajectories]
+
+
 def summarize_run(
     run_dir: str | Path,
     trajectories: dict[tuple[str, int], Trajectory],
@@ -383,11 +390,7 @@ def summarize_run(
     """mini_o3.metrics.summarize over a run's episodes, written to metrics.json."""
     from mini_o3 import metrics
 
-    results = [
-        metrics.EpisodeResult.from_trajectory(trajectories[key], Score.from_dict(records[key]["score"]), key[1])
-        for key in trajectories
-    ]
-    summary = metrics.summarize(results, max_turns)
+    summary = metrics.summarize(episode_results(trajectories, records), max_turns)
     write_json(Path(run_dir) / METRICS_FILE, summary)
     return summary
 

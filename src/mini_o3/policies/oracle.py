@@ -765,9 +765,9 @@ class _Planner:
             self.say(text.GRID_CELLS, row=row, col=col)
             box = tuple(float(v) for v in cells[cell])
             self.zoom(0, box, "cell")
-            if cell == target:
+            if cell == target:  # always the last cell of a scan that was not cut short
                 self.say(text.GRID_FOUNDS, row=row, col=col)
-                break
+                continue
             self.say(text.GRID_MISSES, row=row, col=col)
             if cell != order[-1]:
                 self.say(text.GRID_BACKS)

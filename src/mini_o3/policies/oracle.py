@@ -779,15 +779,19 @@ class _Planner:
         self.answer_turn()
 
     def plan_grid_terse(self, cells: list[PixelBox], target: int, order: list[int], guess: str | None = None) -> None:
-        """The same scan in a few fixed words per turn (short sequences for a tiny model)."""
+        """The same scan in a few fixed words per turn (short sequences for a tiny model), answering with the option's text."""
         for step, cell in enumerate(order):
             self.pending = [f"Cell {cell + 1}."] if step == 0 else [f"No coloured shape. Cell {cell + 1}."]
             self.zoom(0, tuple(float(v) for v in cells[cell]), "cell")
+        # The answer is the option's text, not its letter: copying the colour just named is what the
+        # base model was pretrained to do, while the letter depends on the shuffled option list, a
+        # lookup the tiny model failed to learn from the cold start on some seeds (demo seed 1).
         if guess is not None:
-            self.turns.append(PlannedTurn(f"<think>No coloured shape. Guess {self.sample.options[guess]}.</think>\n" + protocol.render_answer(guess), "answer"))
+            colour = self.sample.options[guess]
+            self.turns.append(PlannedTurn(f"<think>No coloured shape. Guess {colour}.</think>\n" + protocol.render_answer(colour), "answer"))
             return
         colour = self.sample.options.get(self.answer, self.answer) if self.sample.options else self.answer
-        self.turns.append(PlannedTurn(f"<think>Found a {colour} shape.</think>\n" + protocol.render_answer(self.answer), "answer"))
+        self.turns.append(PlannedTurn(f"<think>Found a {colour} shape.</think>\n" + protocol.render_answer(colour), "answer"))
 
 
 def _reachable(box: Box, source: PixelBox) -> Box:

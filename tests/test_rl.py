@@ -201,3 +201,21 @@ def test_a_killed_run_resumes_without_repeating_steps(tiny_dir: Path, samples: l
     assert steps == [1, 2]
     rollout_steps = [json.loads(line)["meta"]["rl_step"] for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
     assert rollout_steps == sorted(rollout_steps) and set(rollout_steps) == {1, 2}
+
+
+def test_rollouts_repeat_with_the_seed_and_change_with_it(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+    from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
+
+    def rollouts(seed: int, name: str) -> list[tuple[str, list[list[int]]]]:
+        out = tmp_path / name
+        # The trainer's own model samples (LocalPolicy), eight episodes in flight, batched as they come.
+        trainer = build_trainer(job(tiny_dir, out, seed=seed, dynamic_sampling=False, max_turns=2, save_token_ids=True), samples)
+        trainer._generate_and_score_completions(rows(trainer, [0, 2]))
+        trainer.close()
+        records = [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
+        return sorted((record["sample_id"], [turn["token_ids"] for turn in record["turns"]]) for record in records)
+
+    first = rollouts(7, "a")
+    assert len(first) == 8
+    assert rollouts(7, "b") == first
+    assert rollouts(8, "c") != first

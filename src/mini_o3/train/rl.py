@@ -43,6 +43,7 @@ import torch
 from mini_o3.agent import Episode, run_episodes
 from mini_o3.data.sample import Sample
 from mini_o3.policies.base import Policy
+from mini_o3.policies.seeded import SeededPolicy, turn_seed
 from mini_o3.train import masking
 from mini_o3.train.config import RLJobConfig, config_json
 from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
@@ -164,7 +165,10 @@ def trainer_class() -> type:
             with self._policy() as policy:
                 while pending:
                     rounds += 1
-                    groups = self._rollout(policy, pending)
+                    # Every turn samples with a seed drawn from (run seed, step, process, round), so
+                    # a rerun of the same job with the same weights rolls out the same episodes.
+                    stream = f"rl/step{self.state.global_step}/process{self.accelerator.process_index}/round{rounds}"
+                    groups = self._rollout(SeededPolicy(policy, turn_seed(self.args.seed, stream, 0, 0)), pending)
                     sampled += groups
                     usable = [group for group in groups if group.usable]
                     if self.job.dynamic_sampling:

@@ -439,7 +439,7 @@ def test_synthetic_sets_load_by_spec_and_by_folder(tmp_path: Path) -> None:
 
 
 def test_synthetic_bad_records_stop_the_load_or_are_skipped_and_counted(tmp_path: Path) -> None:
-    from mini_o3.data.synth import load_synthetic
+    from mini_o3.data.synth_loading import load_synthetic
 
     root = tmp_path / "set"
     records = _synthetic_set(root, 4)

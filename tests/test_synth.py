@@ -10,25 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mini_o3.data.checks import check_problem, near_distractors, oracle_zooms
 from mini_o3.data.contact_sheet import write_contact_sheet
+from mini_o3.data.generate import first_view_scale, make_problem
 from mini_o3.data.loading import load_dataset
+from mini_o3.data.problems import LEGIBLE_PX, GridConfig, Problem, SynthError, SynthOptions, resolve
 from mini_o3.data.scene import COLOURS, DIGITS, LETTERS, PATTERNS, SHAPES, WORDS, Scene, SceneObject, feature_px, label_layout, render
-from mini_o3.data.synth import (
-    LEGIBLE_PX,
-    GridConfig,
-    Problem,
-    SynthError,
-    SynthOptions,
-    check_problem,
-    first_view_scale,
-    is_synthetic_dir,
-    load_synthetic,
-    make_problem,
-    near_distractors,
-    oracle_zooms,
-    resolve,
-    synthesize,
-)
+from mini_o3.data.synth import synthesize
+from mini_o3.data.synth_loading import is_synthetic_dir, load_synthetic
 from mini_o3.images import ResizePolicy
 
 FAST = SynthOptions(contact_sheet=0)
@@ -268,3 +257,17 @@ def test_grid_world_one_coloured_target_hidden_until_its_cell_is_zoomed(tmp_path
         assert x0 <= box[0] and box[2] <= x1 and y0 <= box[1] and box[3] <= y1
         assert (x0, y0) == (col * 224, row * 224)
         assert sample.meta["figures"]["target_side_fraction"] * 672 * first_view_scale(672, 672, policy) <= 24
+
+
+def test_synth_still_exports_the_names_it_held_before_the_split() -> None:
+    import mini_o3.data.synth as synth
+
+    names = (
+        "ATTRIBUTES LEGIBLE_PX QUESTION_KINDS DIRECTIONS OPEN_INSTRUCTION DATA_FILE CONFIG_FILE REPORT_FILE SYNTH_VERSION "
+        "SynthError PlacementError AmbiguousError LevelSpec LEVELS GridConfig SynthOptions Query Resolution Problem "
+        "failed_predicates resolve shown_scale oracle_zooms Figures near_distractors measure overlaps check_problem "
+        "first_view_scale image_size check_feasible generate_problem generate_grid_problem make_problem problem_record "
+        "make_record SynthReport summarise_figures synthesize is_synthetic_dir iter_synthetic load_synthetic"
+    ).split()
+    assert [name for name in names + synth.__all__ if not hasattr(synth, name)] == []
+    assert synth.load_synthetic is load_synthetic and synth.SynthOptions is SynthOptions and synth.make_problem is make_problem

@@ -146,7 +146,7 @@ def _resize(config: DemoConfig):
 
 
 def _synth_options(config: DemoConfig):
-    from mini_o3.data.synth import GridConfig, SynthOptions
+    from mini_o3.data.problems import GridConfig, SynthOptions
 
     return SynthOptions(grid=GridConfig(rows=config.grid, cols=config.grid), resize=_resize(config), contact_sheet=8)
 
@@ -309,7 +309,7 @@ def level_of(depth: int, train_turns: int) -> str:
 
 def levels_by_sample(config: DemoConfig, test: str) -> dict[str, str]:
     """The level of every test question, by sample id."""
-    from mini_o3.data.synth import load_synthetic
+    from mini_o3.data.synth_loading import load_synthetic
 
     levels = {}
     for sample in load_synthetic(test):

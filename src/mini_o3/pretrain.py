@@ -3,7 +3,7 @@
 The stand-in for Qwen2.5-VL's pre-training. A random 1M-parameter model learns the grid-scan
 search by SFT, but slowly, and what is slow is seeing: telling a crop that holds the one
 coloured shape from one that holds only grey shapes, and naming the colour. This stage trains
-exactly that on single-answer conversations cut from grid scenes (`mini_o3.data.synth`'s
+exactly that on single-answer conversations cut from grid scenes (`mini_o3.data.generate`'s
 grid family), rendered with `mini_o3.protocol` so the chat format and the `<think>` /
 `<answer>` tags come for free:
 
@@ -51,8 +51,9 @@ from typing import Any, Iterator
 import torch
 
 from mini_o3 import protocol
+from mini_o3.data.generate import make_problem
+from mini_o3.data.problems import GridConfig, SynthOptions
 from mini_o3.data.scene import render
-from mini_o3.data.synth import GridConfig, SynthOptions, make_problem
 from mini_o3.images import ResizePolicy, resize_for_model
 
 CONFIG_FILE = "pretrain_config.json"
@@ -186,7 +187,7 @@ class Example:
 
 
 def _cell_box(row: int, col: int, width: int, height: int, rows: int, cols: int) -> tuple[int, int, int, int]:
-    # the same rounding as synth.generate_grid_problem's cell boxes
+    # the same rounding as generate.generate_grid_problem's cell boxes
     cell_w, cell_h = width / cols, height / rows
     return (round(col * cell_w), round(row * cell_h), round((col + 1) * cell_w), round((row + 1) * cell_h))
 
@@ -265,7 +266,7 @@ def make_example(config: PretrainConfig, seed: int, index: int, task: str | None
 
 
 def _open_instruction() -> str:
-    from mini_o3.data.synth import OPEN_INSTRUCTION
+    from mini_o3.data.problems import OPEN_INSTRUCTION
 
     return OPEN_INSTRUCTION
 

@@ -179,7 +179,7 @@ def _records(spec: DatasetSpec, cache_dir: Path | None) -> Iterator[Record]:
     if spec.kind == "mme-realworld-lite":
         return benchmarks.iter_mme_realworld_lite(spec.path)
     if spec.kind == "synthetic":
-        from mini_o3.data.synth import iter_synthetic  # rendering code: imported only when used
+        from mini_o3.data.synth_loading import iter_synthetic
 
         return iter_synthetic(spec.path)
     return benchmarks.iter_generic(_file(spec), jsonl=spec.kind == "jsonl")
@@ -210,7 +210,7 @@ def _detect_dir(path: Path) -> DatasetSpec:
 
 
 def _is_synthetic_dir(path: Path) -> bool:
-    from mini_o3.data.synth import is_synthetic_dir
+    from mini_o3.data.synth_loading import is_synthetic_dir
 
     return is_synthetic_dir(path)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -212,7 +212,7 @@ def _stage_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
     options = _synth_options(config)
     # Train and test seeds are disjoint by construction: 2s+1 and 2s+2 never meet across s.
     train = synthesize(folder / "train", config.train_scenes, "grid", config.image_size, 2 * config.seed + 1, options=options)
-    test = synthesize(folder / "test", config.test_scenes, "grid", config.image_size, 2 * config.seed + 2, options=options)
+    synthesize(folder / "test", config.test_scenes, "grid", config.image_size, 2 * config.seed + 2, options=options)
     console.print(train.summary())
     return {"train": str(folder / "train"), "test": str(folder / "test")}
 

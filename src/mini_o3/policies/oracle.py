@@ -784,8 +784,8 @@ class _Planner:
             self.pending = [f"Cell {cell + 1}."] if step == 0 else [f"No coloured shape. Cell {cell + 1}."]
             self.zoom(0, tuple(float(v) for v in cells[cell]), "cell")
         # The answer is the option's text, not its letter: copying the colour just named is what the
-        # base model was pretrained to do, while the letter depends on the shuffled option list, a
-        # lookup the tiny model failed to learn from the cold start on some seeds (demo seed 1).
+        # base model was pretrained to do, while the letter is one more lookup (colour to option) that
+        # the demo's tiny model failed to learn from the cold start on seed 1, options in fixed order.
         if guess is not None:
             colour = self.sample.options[guess]
             self.turns.append(PlannedTurn(f"<think>No coloured shape. Guess {colour}.</think>\n" + protocol.render_answer(colour), "answer"))

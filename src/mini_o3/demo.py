@@ -397,6 +397,7 @@ def _summarise(config: DemoConfig, results: dict[str, dict[str, Any]], timings: 
     counts = {level: sum(value == level for value in levels.values()) for level in LEVELS}
     return {
         "config": asdict(config),
+        "eval_turns": config.eval_turns,
         "levels": counts,
         "models": rows,
         "masking": masking_table(config, rows) if config.ablation else {},
@@ -409,13 +410,13 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _budgets(config: dict[str, Any]) -> list[int]:
-    return sorted({1, 2, 3, config["rl_max_turns"], config["grid"] ** 2 + 1})
+def _budgets(summary: dict[str, Any]) -> list[int]:
+    return sorted({1, 2, 3, summary["config"]["rl_max_turns"], summary["eval_turns"]})
 
 
 def models_table(summary: dict[str, Any], budgets: list[int] | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the model table: accuracy per level, overall, at key budgets, turns, over-turn episodes."""
-    budgets = budgets or _budgets(summary["config"])
+    budgets = budgets or _budgets(summary)
     header = ["model", *LEVELS, "all", *(f"budget {b}" for b in budgets), "turns of correct (mean)", "over_turn"]
     rows = []
     for name, row in summary["models"].items():
@@ -458,7 +459,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
     lines = [
         f"Avg@{config['eval_samples']} (temperature {config['eval_temperature']}) on {config['test_scenes']} held-out questions, "
-        f"up to {config['grid'] ** 2 + 1} turns; levels {summary['levels']}.",
+        f"up to {summary['eval_turns']} turns; levels {summary['levels']}.",
         "",
         *table(*models_table(summary)),
     ]
@@ -475,7 +476,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         # three budgets keep the table readable in an 80-column terminal
         (
             f"mini-o3 demo: Avg@{config['eval_samples']} on the held-out grid world (levels: {summary['levels']})",
-            models_table(summary, [1, config["rl_max_turns"], config["grid"] ** 2 + 1]),
+            models_table(summary, [1, config["rl_max_turns"], summary["eval_turns"]]),
         ),
         ("over-turn masking on against off (mean over RL repeats)", masking_rows(summary)),
     ):
@@ -533,7 +534,7 @@ def _write_page(root: Path, summary: dict[str, Any]) -> None:
         "<!doctype html><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' content=\"default-src 'self'; script-src 'none'\">",
         "<title>mini-o3 demo</title><h1>mini-o3 demo</h1>",
         f"<p>Held-out grid world: {config['test_scenes']} questions, {config['grid']}x{config['grid']} cells, "
-        f"Avg@{config['eval_samples']} at temperature {config['eval_temperature']} with up to {config['grid'] ** 2 + 1} turns. "
+        f"Avg@{config['eval_samples']} at temperature {config['eval_temperature']} with up to {summary['eval_turns']} turns. "
         f"Levels by where the target sits in reading order: easy and medium fit the {config['rl_max_turns']} RL training turns, "
         "hard needs more (only test-time turns reach it).</p>",
         table(*models_table(summary), links),

@@ -121,7 +121,8 @@ def test_sft_on_oracle_trajectories_teaches_the_format(tiny_dir: Path, tmp_path:
 
     32 oracle trajectories on easy synthetic problems, mostly one-turn answers (short
     sequences keep this affordable), FORMAT_STEPS optimizer steps of 4 conversations. Measured:
-    greedy turns that parse as an answer or a zoom went from 0% to 88% (62% after 180 steps).
+    greedy turns that parse as an answer or a zoom went from 0% to 100% for six model and
+    training seeds; at 240 steps they reached 56-100% across seeds (50% on one CI machine).
     """
     synthesize(tmp_path / "synth", 32, "easy", 448, 0, progress=False, options=SynthOptions(contact_sheet=0))
     samples = load_synthetic(tmp_path / "synth")
@@ -134,10 +135,10 @@ def test_sft_on_oracle_trajectories_teaches_the_format(tiny_dir: Path, tmp_path:
     job = _job(tiny_dir, tmp_path / "data", tmp_path / "out", max_steps=FORMAT_STEPS, learning_rate=FORMAT_LR,
                per_device_batch_size=4, warmup_ratio=0.05, save_steps=10_000, logging_steps=20)
     after = _valid_turn_share(run_sft(job), samples)
-    assert before < 0.1 and after > 0.5, (before, after)
+    assert before < 0.1 and after > 0.75, (before, after)
 
 
-FORMAT_STEPS = 240
+FORMAT_STEPS = 360
 FORMAT_LR = 3e-3
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -74,11 +73,9 @@ def test_the_smoke_demo_runs_every_stage_resumes_and_reports(tmp_path: Path) -> 
     assert (Path(json.loads((out / "sft" / "stage.json").read_text())["result"]["model"]) / "config.json").exists()
 
     # running again skips every finished stage and rewrites the same report
-    started = time.perf_counter()
     again = _demo(out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done before") == len(STAGES)
-    assert time.perf_counter() - started < 120
     assert json.loads((out / "summary.json").read_text())["models"] == models
 
     # other settings in the same folder are refused, naming what changed

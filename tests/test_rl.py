@@ -95,6 +95,7 @@ def test_one_rl_step_end_to_end(tiny_dir: Path, samples: list[Sample], tmp_path:
     for key in ("rollouts/over_turn_share", "rollouts/turns_mean", "turns/1", "time/rollout_s", "time/update_s", "host_rss_mb"):
         assert key in step
     assert step["grad_norm"] > 0
+    assert step["ratio_mean"] == pytest.approx(1.0, abs=1e-3)  # one PPO epoch: the update starts on-policy
     after = load_checkpoint(final)[0].state_dict()
     assert any(not torch.equal(before[name], after[name]) for name in before)
     rollouts = [json.loads(line) for line in (tmp_path / "out" / ROLLOUTS_FILE).read_text().splitlines()]

@@ -327,10 +327,11 @@ def trainer_class() -> type:
             loss, stats = masking.clipped_token_loss(
                 logprobs, old, inputs["advantages"], inputs["loss_mask"], self.job.clip_low, self.job.clip_high, num_tokens
             )
-            metrics = self._metrics["train"]
-            metrics["clip_ratio/low_mean"].append(stats.clip_low_fraction)
-            metrics["clip_ratio/high_mean"].append(stats.clip_high_fraction)
-            metrics["ratio_mean"].append(stats.mean_ratio)
+            if stats.tokens > 0:  # a micro-batch of masked rollouts only has no ratio to report (not 0)
+                metrics = self._metrics["train"]
+                metrics["clip_ratio/low_mean"].append(stats.clip_low_fraction)
+                metrics["clip_ratio/high_mean"].append(stats.clip_high_fraction)
+                metrics["ratio_mean"].append(stats.mean_ratio)
             return loss
 
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:

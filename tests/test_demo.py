@@ -82,6 +82,18 @@ def test_the_smoke_demo_runs_every_stage_resumes_and_reports(tmp_path: Path) -> 
     clash = _demo(out, "--seed", "3")
     assert clash.returncode != 0 and "seed" in (clash.stdout + clash.stderr)
 
+    # an RL sweep from the same SFT model: the stages up to SFT come from the first run
+    sweep = tmp_path / "sweep"
+    second = _demo(sweep, "--sft-from", str(out), "--rl-steps", "2", "--no-ablation")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert second.stdout.count(f"done before in {out}") == 4
+    swept = json.loads((sweep / "summary.json").read_text())["models"]
+    assert set(swept) == {"chance", "oracle", "start", "sft", "rl"} and swept["rl"]["training"]["steps"] == 2
+    assert swept["sft"]["accuracy_by_budget"] == models["sft"]["accuracy_by_budget"]  # the same model, seeded evaluation
+    refused = _demo(tmp_path / "refused", "--sft-from", str(out), "--seed", "3")
+    assert refused.returncode != 0 and "seed 0 there, 3 here" in (refused.stdout + refused.stderr)
+    assert not (tmp_path / "refused" / "demo_config.json").exists()
+
 
 def test_another_seed_makes_other_scenes_and_train_never_meets_test(tmp_path: Path) -> None:
     from mini_o3.demo import _stage_data

@@ -347,18 +347,23 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the whole run: another seed makes another run."),
     preset: str = typer.Option("default", help="default (about 15 minutes on 2 cores), long (more data and steps, with the masking ablation) or smoke (every stage in a few minutes; proves the pipeline, not learning)."),
     no_overturn_mask: bool = typer.Option(False, "--no-overturn-mask", help="Train RL without over-turn masking."),
-    ablation: bool = typer.Option(False, help="Train RL with masking on and off (--ablation-repeats runs each way, from one SFT model) and compare."),
+    ablation: Optional[bool] = typer.Option(None, "--ablation/--no-ablation", help="Train RL with masking on and off (--ablation-repeats runs each way, from one SFT model) and compare (default: the preset's; long and smoke do)."),
     ablation_repeats: Optional[int] = typer.Option(None, help="RL runs each way in the ablation (default 2; seeds seed, seed+1, ...)."),
+    rl_steps: Optional[int] = typer.Option(None, help="RL steps (default: the preset's)."),
+    rl_learning_rate: Optional[float] = typer.Option(None, help="RL learning rate (default: the preset's)."),
+    sft_from: Optional[Path] = typer.Option(None, help="Reuse the data, cold start and SFT model of this finished demo run (same settings) and run only RL and evaluation: RL sweeps from one SFT model."),
 ) -> None:
     """The whole recipe offline on a tiny model: data, cold start, SFT, RL, evaluation, report."""
     from mini_o3.demo import demo_config, run_demo
 
-    folder = out or Path("runs") / f"demo-{preset}-s{seed}{'-ablation' if ablation else ''}{'-nomask' if no_overturn_mask else ''}"
-    overrides = {"out": str(folder), "seed": seed, "overturn_mask": not no_overturn_mask}
-    if ablation:
-        overrides["ablation"] = True
-    if ablation_repeats is not None:
-        overrides["ablation_repeats"] = ablation_repeats
+    tags = [f"-rl{rl_steps}" if rl_steps is not None else "", f"-lr{rl_learning_rate:g}" if rl_learning_rate is not None else ""]
+    name = f"demo-{preset}-s{seed}{'-ablation' if ablation else '-no-ablation' if ablation is False else ''}{'-nomask' if no_overturn_mask else ''}{''.join(tags)}"
+    folder = out or Path("runs") / name
+    overrides: dict[str, object] = {"out": str(folder), "seed": seed, "overturn_mask": not no_overturn_mask}
+    optional = {"ablation": ablation, "ablation_repeats": ablation_repeats, "rl_steps": rl_steps, "rl_learning_rate": rl_learning_rate}
+    overrides.update({key: value for key, value in optional.items() if value is not None})
+    if sft_from is not None:
+        overrides["sft_from"] = str(sft_from)
     try:
         config = demo_config(preset, **overrides)
     except ValueError as error:

@@ -84,6 +84,9 @@ class DemoConfig:
     """Sampling temperature of the evaluations (the paper's 1.0; 0 is greedy)."""
     base: str = ""
     """Starting checkpoint; empty uses the committed base model, or a fresh tiny one without it."""
+    sft_from: str = ""
+    """A finished demo run whose base, data, cold-start and SFT stages this run reuses (their settings
+    must match; only RL and evaluation settings may differ): RL sweeps from one SFT model."""
 
     @property
     def eval_turns(self) -> int:
@@ -125,7 +128,8 @@ class Stages:
         marker = folder / "stage.json"
         if marker.exists():
             record = json.loads(marker.read_text())
-            console.print(f"[dim]stage {name}: done before ({record['seconds']:.0f} s), skipped[/dim]")
+            origin = f" in {record['from']}" if record.get("from") else ""
+            console.print(f"[dim]stage {name}: done before{origin} ({record['seconds']:.0f} s), skipped[/dim]")
             self.timings[name] = record["seconds"]
             return record["result"]
         console.rule(f"stage {name}")
@@ -161,6 +165,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         if before != asdict(config):
             changed = sorted(key for key in asdict(config) if before.get(key) != asdict(config)[key])
             raise SystemExit(f"{root} holds a demo run with other settings ({', '.join(changed)}); use another --out or the same settings")
+    if config.sft_from:
+        adopt_sft(config, root)  # before the config is saved: a refused --sft-from leaves nothing behind
     console.rule("mini-o3 demo")
     console.print_json(json.dumps(asdict(config)))
     write_json(saved, asdict(config))
@@ -187,6 +193,39 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     _print_summary(summary)
     console.print(f"report: {root / 'index.html'}")
     return summary
+
+
+SHARED_STAGES = ("base", "data", "collect", "sft")
+"""The stages up to SFT, which `sft_from` takes from another run."""
+RL_SIDE_FIELDS = frozenset({
+    "out", "preset", "sft_from", "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_learning_rate", "rl_max_turns",
+    "overturn_mask", "ablation", "ablation_repeats", "eval_samples", "eval_temperature",
+})
+"""Settings that do not touch the stages up to SFT: a run may differ from its `sft_from` run in these only."""
+
+
+def adopt_sft(config: DemoConfig, root: Path) -> None:
+    """Mark the stages up to SFT as done, with the results of the finished run `config.sft_from`."""
+    source = Path(config.sft_from)
+    saved = source / "demo_config.json"
+    if not saved.is_file():
+        raise SystemExit(f"--sft-from {source}: no demo run there (no demo_config.json); give the --out folder of a finished demo run")
+    theirs = json.loads(saved.read_text())
+    ours = asdict(config)
+    changed = sorted(key for key in ours if key not in RL_SIDE_FIELDS and theirs.get(key) != ours[key])
+    if changed:
+        settings = ", ".join(f"{key} {theirs.get(key)!r} there, {ours[key]!r} here" for key in changed)
+        raise SystemExit(f"--sft-from {source}: that run's data or SFT settings differ ({settings}); use the same settings")
+    unfinished = [stage for stage in SHARED_STAGES if not (source / stage / "stage.json").is_file()]
+    if unfinished:
+        raise SystemExit(f"--sft-from {source}: unfinished stages there: {', '.join(unfinished)}; run that demo to the end of SFT first")
+    for stage in SHARED_STAGES:
+        marker = root / stage / "stage.json"
+        if marker.exists():
+            continue
+        record = json.loads((source / stage / "stage.json").read_text())
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_json(marker, {**record, "from": str(source)})
 
 
 # ---------------------------------------------------------------- stages

@@ -87,6 +87,8 @@ def test_the_smoke_demo_runs_every_stage_resumes_and_reports(tmp_path: Path) -> 
     second = _demo(sweep, "--sft-from", str(out), "--rl-steps", "2", "--no-ablation")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert second.stdout.count(f"done before in {out}") == 4
+    assert f"the stages up to SFT ran in {out}" in second.stdout
+    assert "sft" not in json.loads((sweep / "summary.json").read_text())["stage_seconds"]  # none of this run's time
     swept = json.loads((sweep / "summary.json").read_text())["models"]
     assert set(swept) == {"chance", "oracle", "start", "sft", "rl"} and swept["rl"]["training"]["steps"] == 2
     assert swept["sft"]["accuracy_by_budget"] == models["sft"]["accuracy_by_budget"]  # the same model, seeded evaluation

@@ -130,7 +130,8 @@ class Stages:
             record = json.loads(marker.read_text())
             origin = f" in {record['from']}" if record.get("from") else ""
             console.print(f"[dim]stage {name}: done before{origin} ({record['seconds']:.0f} s), skipped[/dim]")
-            self.timings[name] = record["seconds"]
+            if not origin:  # another run's stage took none of this run's time
+                self.timings[name] = record["seconds"]
             return record["result"]
         console.rule(f"stage {name}")
         folder.mkdir(parents=True, exist_ok=True)
@@ -486,7 +487,9 @@ def masking_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def _stage_times(summary: dict[str, Any]) -> str:
     times = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stage_seconds"].items())
-    return f"stage times: {times}; total {summary['total_seconds'] / 60:.1f} min"
+    adopted = summary["config"].get("sft_from")
+    origin = f" (the stages up to SFT ran in {adopted})" if adopted else ""
+    return f"stage times: {times}; total {summary['total_seconds'] / 60:.1f} min{origin}"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -1,0 +1,154 @@
+"""One SFT step and one RL step of the qwen2.5-vl-7b preset at real size, random weights, one GPU.
+
+The model has Qwen2.5-VL-7B's published shape (28 layers of 3584, 152,064-token vocabulary, a
+32-block vision tower) with random weights and our offline tokenizer; the data are oracle
+trajectories on hard synthetic scenes shown at the preset's 2M pixels. It runs the preset's
+settings (bf16, gradient checkpointing, frozen vision, 4 conversations per SFT optimizer step,
+micro-batches of 2 rollouts) with two changes a single GPU needs: no DeepSpeed (ZeRO-3 offload
+is for 8 GPUs and is not installed here) and transformers generation instead of vLLM. RL is
+shrunk to 2 questions x 4 rollouts, 2 turns of 64 new tokens; a second RL step takes oracle
+rollouts of up to 6 turns, so the update sees full-length sequences. Prints and writes the step
+times and peak GPU memory. `--size tiny` runs the same path on CPU in about a minute.
+Usage: python bench/bench_gpu_7b.py [--size 7b|tiny] [--out DIR] [--json FILE]
+"""
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mini_o3.agent import EpisodeConfig, run_episodes
+from mini_o3.data.synth import SynthOptions, load_synthetic, synthesize
+from mini_o3.env import Limits
+from mini_o3.images import ResizePolicy
+from mini_o3.policies.oracle import OraclePolicy
+from mini_o3.sft_data import SftExample, write_sft_dataset
+from mini_o3.tiny import SIZES, TinySpec, build_config, build_image_processor, build_tokenizer, count_parameters
+from mini_o3.train.config import load_preset, with_overrides
+from mini_o3.train.rl import LOG_FILE as RL_LOG, run_rl
+from mini_o3.train.sft import LOG_FILE as SFT_LOG, run_sft
+
+QWEN25_VL_7B = TinySpec(
+    text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4, text_intermediate=18944,
+    vision_hidden=1280, vision_depth=32, vision_heads=16, vision_intermediate=3420,
+)
+"""Qwen2.5-VL-7B-Instruct's published shape (its config.json)."""
+QWEN25_VL_VOCAB = 152_064
+
+
+def build_model_dir(size: str, folder: Path, pixels: int) -> tuple[Path, int]:
+    """Write a random-weight checkpoint of `size` to `folder`; return it and its parameter count."""
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = build_tokenizer()
+    config = build_config(QWEN25_VL_7B if size == "7b" else SIZES["tiny"], tokenizer)
+    if size == "7b":
+        config.text_config.vocab_size = QWEN25_VL_VOCAB
+        config.vision_config.fullatt_block_indexes = [7, 15, 23, 31]
+        config.tie_word_embeddings = False
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[end, pad], pad_token_id=pad)
+    parameters = count_parameters(model)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    build_image_processor(min_pixels=40_000, max_pixels=pixels).save_pretrained(folder)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return folder, parameters
+
+
+def peak_gib() -> float | None:
+    """Peak GPU memory allocated since the last reset, in GiB (None on CPU)."""
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("7b", "tiny"), default="7b")
+    shm = Path("/dev/shm")
+    parser.add_argument("--out", type=Path, default=None, help="work folder (default: under /dev/shm when there is one)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--pixels", type=int, default=2_000_000, help="image pixels (the preset: 2,000,000)")
+    args = parser.parse_args()
+    roomy_shm = shm.is_dir() and shutil.disk_usage(shm).free > 40 * 2**30  # two 16 GB checkpoints at once
+    root = args.out or Path(tempfile.mkdtemp(prefix="mini-o3-7b-", dir=shm if roomy_shm else None))
+    root.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+    figures: dict[str, object] = {"size": args.size, "gpu": gpu, "torch": torch.__version__}
+    print(json.dumps(figures), flush=True)
+
+    started = time.perf_counter()
+    model_dir, figures["parameters"] = build_model_dir(args.size, root / "base", args.pixels)
+    figures["build_and_save_s"] = round(time.perf_counter() - started, 1)
+
+    resize = ResizePolicy(max_pixels=args.pixels, min_pixels=40_000)
+    synthesize(root / "synth", 8, "hard", 2048, 0, progress=False, options=SynthOptions(contact_sheet=0, resize=resize))
+    samples = load_synthetic(root / "synth")
+    config = EpisodeConfig(limits=Limits(max_turns=6), resize=resize)
+    episodes = list(run_episodes(OraclePolicy(resize=resize, max_turns=6), [(s, 0) for s in samples], config, concurrency=4))
+    write_sft_dataset([SftExample(e.trajectory, [v.image for v in e.views]) for e in episodes], root / "sft_data")
+    figures["sft_turns"] = [len(e.trajectory.turns) for e in episodes]
+
+    on_gpu = torch.cuda.is_available()
+    preset = load_preset("qwen2.5-vl-7b")
+    sft = with_overrides(
+        preset.sft, data=str(root / "sft_data"), model_path=str(model_dir), output_dir=str(root / "sft"), max_steps=2,
+        save_steps=10**6, report_to=["none"], bf16=on_gpu,
+    )
+    sft = dataclasses.replace(sft, deepspeed=None)  # with_overrides skips None values
+    reset_peak()
+    started = time.perf_counter()
+    run_sft(sft)
+    figures["sft_wall_s"] = round(time.perf_counter() - started, 1)
+    figures["sft_peak_gib"] = peak_gib()
+    figures["sft_log"] = [json.loads(line) for line in (root / "sft" / SFT_LOG).read_text().splitlines()]
+    shutil.rmtree(root / "sft" / "final", ignore_errors=True)
+
+    rl = with_overrides(
+        preset.rl, data=f"synthetic:{root / 'synth'}", model_path=str(model_dir), output_dir=str(root / "rl"), steps=1,
+        prompts_per_step=2, mini_batch_prompts=2, num_generations=4, max_turns=2, max_new_tokens=64, concurrency=8,
+        policy_batch_size=8, dynamic_sampling=False, use_vllm=False, save_steps=10**6, report_to=["none"], bf16=on_gpu,
+    )
+    rl = dataclasses.replace(rl, deepspeed=None)
+    reset_peak()
+    started = time.perf_counter()
+    run_rl(rl)
+    figures["rl_wall_s"] = round(time.perf_counter() - started, 1)
+    figures["rl_peak_gib"] = peak_gib()
+    figures["rl_log"] = [json.loads(line) for line in (root / "rl" / RL_LOG).read_text().splitlines()]
+    shutil.rmtree(root / "rl" / "final", ignore_errors=True)
+
+    # The random model's rollouts end at their first turn; oracle rollouts of up to 6 turns and
+    # 7 images give the update the sequence lengths of a trained policy (the loss stays on the model).
+    long = dataclasses.replace(rl, output_dir=str(root / "rl_long"), max_turns=6)
+    reset_peak()
+    started = time.perf_counter()
+    run_rl(long, rollout_policy=OraclePolicy(resize=resize, max_turns=6))
+    figures["rl_oracle_wall_s"] = round(time.perf_counter() - started, 1)
+    figures["rl_oracle_peak_gib"] = peak_gib()
+    figures["rl_oracle_log"] = [json.loads(line) for line in (root / "rl_long" / RL_LOG).read_text().splitlines()]
+    shutil.rmtree(root, ignore_errors=True)
+
+    text = json.dumps(figures, indent=1)
+    print(text, flush=True)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

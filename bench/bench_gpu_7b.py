@@ -9,7 +9,11 @@ is for 8 GPUs and is not installed here) and transformers generation instead of 
 shrunk to 2 questions x 4 rollouts, 2 turns of 64 new tokens; a second RL step takes oracle
 rollouts of up to 6 turns, so the update sees full-length sequences. Prints and writes the step
 times and peak GPU memory. `--size tiny` runs the same path on CPU in about a minute.
-Usage: python bench/bench_gpu_7b.py [--size 7b|tiny] [--out DIR] [--json FILE]
+Usage: python bench/bench_gpu_7b.py [--size 7b|tiny] [--stages sft,rl,rl_oracle] [--out DIR] [--json FILE]
+
+Each stage saves a 16.6 GB checkpoint beside the 16.6 GB random one. On a 128 GB H200 host the
+third save was killed for memory with the work folder in /dev/shm, and a 64 GB disk filled with
+it in /tmp: run one or two stages per call there (measured figures: README, "Measured").
 """
 import argparse
 import dataclasses
@@ -84,7 +88,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: under /dev/shm when there is one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--pixels", type=int, default=2_000_000, help="image pixels (the preset: 2,000,000)")
+    parser.add_argument("--stages", default="sft,rl,rl_oracle", help="which of sft, rl, rl_oracle to run")
+    parser.add_argument("--sft-steps", type=int, default=2, help="SFT optimizer steps")
     args = parser.parse_args()
+    stages = set(args.stages.split(","))
+
+    def record() -> None:
+        if args.json:  # after every stage, so that a killed run keeps what it measured
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+
     roomy_shm = shm.is_dir() and shutil.disk_usage(shm).free > 40 * 2**30  # two 16 GB checkpoints at once
     root = args.out or Path(tempfile.mkdtemp(prefix="mini-o3-7b-", dir=shm if roomy_shm else None))
     root.mkdir(parents=True, exist_ok=True)
@@ -95,9 +107,10 @@ def main() -> None:
     started = time.perf_counter()
     model_dir, figures["parameters"] = build_model_dir(args.size, root / "base", args.pixels)
     figures["build_and_save_s"] = round(time.perf_counter() - started, 1)
+    record()
 
     resize = ResizePolicy(max_pixels=args.pixels, min_pixels=40_000)
-    synthesize(root / "synth", 8, "hard", 2048, 0, progress=False, options=SynthOptions(contact_sheet=0, resize=resize))
+    synthesize(root / "synth", 8, "hard", 3072, 0, progress=False, options=SynthOptions(contact_sheet=0, resize=resize))
     samples = load_synthetic(root / "synth")
     config = EpisodeConfig(limits=Limits(max_turns=6), resize=resize)
     episodes = list(run_episodes(OraclePolicy(resize=resize, max_turns=6), [(s, 0) for s in samples], config, concurrency=4))
@@ -107,17 +120,19 @@ def main() -> None:
     on_gpu = torch.cuda.is_available()
     preset = load_preset("qwen2.5-vl-7b")
     sft = with_overrides(
-        preset.sft, data=str(root / "sft_data"), model_path=str(model_dir), output_dir=str(root / "sft"), max_steps=2,
+        preset.sft, data=str(root / "sft_data"), model_path=str(model_dir), output_dir=str(root / "sft"), max_steps=args.sft_steps,
         save_steps=10**6, report_to=["none"], bf16=on_gpu,
     )
     sft = dataclasses.replace(sft, deepspeed=None)  # with_overrides skips None values
-    reset_peak()
-    started = time.perf_counter()
-    run_sft(sft)
-    figures["sft_wall_s"] = round(time.perf_counter() - started, 1)
-    figures["sft_peak_gib"] = peak_gib()
-    figures["sft_log"] = [json.loads(line) for line in (root / "sft" / SFT_LOG).read_text().splitlines()]
-    shutil.rmtree(root / "sft" / "final", ignore_errors=True)
+    if "sft" in stages:
+        reset_peak()
+        started = time.perf_counter()
+        run_sft(sft)
+        figures["sft_wall_s"] = round(time.perf_counter() - started, 1)
+        figures["sft_peak_gib"] = peak_gib()
+        figures["sft_log"] = [json.loads(line) for line in (root / "sft" / SFT_LOG).read_text().splitlines()]
+        shutil.rmtree(root / "sft" / "final", ignore_errors=True)
+        record()
 
     rl = with_overrides(
         preset.rl, data=f"synthetic:{root / 'synth'}", model_path=str(model_dir), output_dir=str(root / "rl"), steps=1,
@@ -125,29 +140,29 @@ def main() -> None:
         policy_batch_size=8, dynamic_sampling=False, use_vllm=False, save_steps=10**6, report_to=["none"], bf16=on_gpu,
     )
     rl = dataclasses.replace(rl, deepspeed=None)
-    reset_peak()
-    started = time.perf_counter()
-    run_rl(rl)
-    figures["rl_wall_s"] = round(time.perf_counter() - started, 1)
-    figures["rl_peak_gib"] = peak_gib()
-    figures["rl_log"] = [json.loads(line) for line in (root / "rl" / RL_LOG).read_text().splitlines()]
-    shutil.rmtree(root / "rl" / "final", ignore_errors=True)
+    if "rl" in stages:
+        reset_peak()
+        started = time.perf_counter()
+        run_rl(rl)
+        figures["rl_wall_s"] = round(time.perf_counter() - started, 1)
+        figures["rl_peak_gib"] = peak_gib()
+        figures["rl_log"] = [json.loads(line) for line in (root / "rl" / RL_LOG).read_text().splitlines()]
+        shutil.rmtree(root / "rl" / "final", ignore_errors=True)
+        record()
 
     # The random model's rollouts end at their first turn; oracle rollouts of up to 6 turns and
     # 7 images give the update the sequence lengths of a trained policy (the loss stays on the model).
-    long = dataclasses.replace(rl, output_dir=str(root / "rl_long"), max_turns=6)
-    reset_peak()
-    started = time.perf_counter()
-    run_rl(long, rollout_policy=OraclePolicy(resize=resize, max_turns=6))
-    figures["rl_oracle_wall_s"] = round(time.perf_counter() - started, 1)
-    figures["rl_oracle_peak_gib"] = peak_gib()
-    figures["rl_oracle_log"] = [json.loads(line) for line in (root / "rl_long" / RL_LOG).read_text().splitlines()]
+    if "rl_oracle" in stages:
+        long = dataclasses.replace(rl, output_dir=str(root / "rl_long"), max_turns=6)
+        reset_peak()
+        started = time.perf_counter()
+        run_rl(long, rollout_policy=OraclePolicy(resize=resize, max_turns=6))
+        figures["rl_oracle_wall_s"] = round(time.perf_counter() - started, 1)
+        figures["rl_oracle_peak_gib"] = peak_gib()
+        figures["rl_oracle_log"] = [json.loads(line) for line in (root / "rl_long" / RL_LOG).read_text().splitlines()]
+        record()
     shutil.rmtree(root, ignore_errors=True)
-
-    text = json.dumps(figures, indent=1)
-    print(text, flush=True)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print(json.dumps(figures, indent=1), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,17 @@ ended in `error` (a dead server, an unreadable image) are kept and counted; `ret
 runs them again. When a judge is configured it runs after the episodes, over the finished
 results, with a disk cache, and `rescore(run_dir, judge=...)` re-scores a finished run
 without calling the model again. Metrics come from `mini_o3.metrics.summarize`.
+
+Where each part lives (every name below is re-exported here, so `from mini_o3.evaluate import ...`
+works as before):
+
+- `mini_o3.eval_run_dir`: the run directory's file names, `RUN_LAYOUT`, `RunDirError`,
+  `latest_trajectories` and `read_results`
+- `mini_o3.eval_scoring`: `result_record`, `rule_score`, `score_run` (rules and the judge),
+  `episode_results` and `summarize_run` (metrics.json)
+- here: `EvalConfig`, `EvalResult`, `load_config` and the resume check, `rescore` and the runner
+  (`run_eval`): everything that builds or takes an `EvalConfig`, so neither module above
+  imports this one
 """
 
 from __future__ import annotations
@@ -18,9 +29,8 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +40,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mini_o3 import __version__
 from mini_o3.agent import Episode, EpisodeConfig, run_episodes
 from mini_o3.data.sample import Sample
+from mini_o3.eval_run_dir import (
+    CONFIG_FILE,
+    JUDGE_CACHE_FILE,
+    METRICS_FILE,
+    RESULTS_FILE,
+    RUN_LAYOUT,
+    SKIPPED_FILE,
+    TRAJECTORIES_FILE,
+    RunDirError,
+    latest_trajectories,
+    read_results,
+)
+from mini_o3.eval_scoring import _write_results, episode_results, result_record, rule_score, score_run, summarize_run
 from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT
-from mini_o3.jsonl import JsonlAppender, JsonlError, iter_numbered, repair_tail, write_atomic, write_json
-from mini_o3.judge import JudgeConfig, JudgeError, LLMJudge
+from mini_o3.jsonl import JsonlAppender, repair_tail, write_atomic, write_json
+from mini_o3.judge import JudgeConfig
 from mini_o3.policies.base import Policy
 from mini_o3.policies.seeded import SeededPolicy
-from mini_o3.scoring import Score, score_trajectory
+from mini_o3.scoring import Score
 from mini_o3.store import TrajectoryStore
-from mini_o3.trajectory import Status, Trajectory, read_jsonl
-
-CONFIG_FILE = "config.json"
-TRAJECTORIES_FILE = "trajectories.jsonl"
-RESULTS_FILE = "results.jsonl"
-METRICS_FILE = "metrics.json"
-JUDGE_CACHE_FILE = "judge_cache.jsonl"
-SKIPPED_FILE = "skipped.txt"
-
-RUN_LAYOUT = """\
-RUN_DIR/
-  config.json                      the EvalConfig, the policy, the package version, what the data spec loaded
-  trajectories.jsonl               every finished episode, appended as it finishes (a retried episode's last line wins)
-  views/<sample>__r<run>/<i>.jpg   every image the model saw (0 = the original as shown, i = observation_i)
-  results.jsonl                    one line per episode: status, turns, answer, rule score, judge score, final score
-                                   (appended as episodes finish; rewritten to exactly the run's episodes at the end)
-  judge_cache.jsonl                judge verdicts keyed by a hash of (rubric, model, question, truth, answer)
-  skipped.txt                      bad data records skipped at load time (skip_bad), one reason a line
-  metrics.json                     mini_o3.metrics.summarize over the run's episodes
-  index.html                       the report: metrics tables, plots, trajectory viewer (mini_o3.report)
-  report/                          the plots (accuracy_by_budget.png, turn_histogram.png) and boxes/<episode>.jpg
-"""
-"""What a run directory holds."""
+from mini_o3.trajectory import Status, Trajectory
 
 JUDGE_MODES = ("rescue", "all")
 
@@ -69,10 +70,6 @@ _IDENTITY_FIELDS = (
     "data", "max_turns", "max_images", "max_context_tokens", "context_reserve", "numbering",
     "temperature", "top_p", "max_new_tokens", "seed", "max_pixels", "min_pixels", "pixel_limit",
 )
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be resumed or read: another config, or files that are not a run's."""
 
 
 @dataclass
@@ -209,33 +206,7 @@ class EvalResult:
 
 # ---------------------------------------------------------------- run directory files
 
-
-def latest_trajectories(run_dir: str | Path) -> dict[tuple[str, int], Trajectory]:
-    """The last trajectory written for every (sample id, run) of a run directory, in first-seen order."""
-    path = Path(run_dir) / TRAJECTORIES_FILE
-    latest: dict[tuple[str, int], Trajectory] = {}
-    if path.exists():
-        for trajectory in read_jsonl(path):
-            latest[(trajectory.sample_id, int(trajectory.meta.get("run", 0)))] = trajectory
-    return latest
-
-
-def read_results(run_dir: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """The last result record for every (sample id, run) in results.jsonl; a torn last line is skipped."""
-    path = Path(run_dir) / RESULTS_FILE
-    results: dict[tuple[str, int], dict[str, Any]] = {}
-    if not path.exists():
-        return results
-    hint = "delete the line, then run `rescore`"
-    try:
-        for number, record in iter_numbered(path):
-            try:
-                results[(record["sample_id"], int(record["run"]))] = record
-            except (KeyError, TypeError, ValueError) as error:
-                raise RunDirError(f"{path}:{number}: not a result record (it needs sample_id and run; {type(error).__name__}: {error}); {hint}") from error
-    except JsonlError as error:
-        raise RunDirError(f"{error}; {hint}") from error
-    return results
+# The file names and readers are in mini_o3.eval_run_dir; these two build or take an EvalConfig.
 
 
 def load_config(run_dir: str | Path) -> EvalConfig:
@@ -270,129 +241,7 @@ def _check_resumable(run_dir: Path, config: EvalConfig) -> None:
         )
 
 
-# ---------------------------------------------------------------- scoring
-
-
-def result_record(trajectory: Trajectory, rule: Score, judge: Score | None = None, judge_error: str | None = None, judge_mode: str = "rescue") -> dict[str, Any]:
-    """The results.jsonl line of one episode: what it did, the rule score, the judge's, and the final score."""
-    final = rule
-    if judge is not None and (judge_mode == "all" or not rule.correct):
-        final = judge
-    return {
-        "sample_id": trajectory.sample_id,
-        "run": int(trajectory.meta.get("run", 0)),
-        "status": trajectory.status.value,
-        "turns": trajectory.num_turns,
-        "split": trajectory.split,
-        "category": trajectory.category,
-        "answer": trajectory.answer,
-        "ground_truth": trajectory.ground_truth,
-        "rule": rule.to_dict(),
-        "judge": judge.to_dict() if judge is not None else None,
-        "judge_error": judge_error,
-        "score": final.to_dict(),
-    }
-
-
-def rule_score(trajectory: Trajectory) -> Score:
-    """The rule-based score of a trajectory; a sample the rules cannot score is wrong, with the reason."""
-    try:
-        return score_trajectory(trajectory)
-    except Exception as error:  # one bad ground truth must not stop a run: it is recorded and counted
-        return Score(False, None, "none", f"could not score: {type(error).__name__}: {error}")
-
-
-def _judge_one(judge: LLMJudge, trajectory: Trajectory, rule: Score, mode: str) -> tuple[Score | None, str | None]:
-    if mode == "rescue" and rule.correct:
-        return None, None
-    if trajectory.answer is None or not trajectory.answer.strip():
-        return None, None  # nothing to judge; the rule score (wrong) stands
-    try:
-        verdict = judge.judge(trajectory.question, _truth_for_judge(trajectory), trajectory.answer)
-    except JudgeError as error:
-        return None, str(error)
-    return verdict.as_score(rule.extracted), None
-
-
-def _judge_key(trajectory: Trajectory, rule: Score, mode: str) -> tuple[Any, ...]:
-    skip = (mode == "rescue" and rule.correct) or not (trajectory.answer or "").strip()
-    return ("skip",) if skip else (trajectory.question, _truth_for_judge(trajectory), trajectory.answer, rule.extracted)
-
-
-def _truth_for_judge(trajectory: Trajectory) -> str:
-    truth = trajectory.ground_truth
-    option = trajectory.options.get(truth.strip()) if trajectory.options else None
-    return f"({truth.strip()}) {option}" if option else truth
-
-
-def _judge_config(config: JudgeConfig, run_dir: Path) -> JudgeConfig:
-    if config.cache_path is None:
-        return replace(config, cache_path=run_dir / JUDGE_CACHE_FILE)
-    return config
-
-
-def score_run(
-    run_dir: str | Path,
-    trajectories: dict[tuple[str, int], Trajectory],
-    judge: JudgeConfig | None = None,
-    judge_mode: str = "rescue",
-    judge_concurrency: int = 8,
-    console: Console | None = None,
-    rules: dict[tuple[str, int], Score] | None = None,
-) -> tuple[dict[tuple[str, int], dict[str, Any]], int]:
-    """Score trajectories by the rules (unless `rules` holds them already) and, when given, the judge.
-
-    Returns (results.jsonl records by key, episodes the judge gave no verdict on).
-    """
-    run_dir = Path(run_dir)
-    keys = list(trajectories)
-    known = rules or {}
-    rules = {key: known[key] if key in known else rule_score(trajectories[key]) for key in keys}
-    verdicts: dict[tuple[str, int], tuple[Score | None, str | None]] = {}
-    if judge is not None:
-        with LLMJudge(_judge_config(judge, run_dir)) as client, ThreadPoolExecutor(judge_concurrency, thread_name_prefix="judge") as pool:
-            # K runs often give the same answer: ask once per distinct question, truth and answer.
-            futures: dict[tuple[Any, ...], Any] = {}
-            for key in keys:
-                asked = _judge_key(trajectories[key], rules[key], judge_mode)
-                if asked not in futures:
-                    futures[asked] = pool.submit(_judge_one, client, trajectories[key], rules[key], judge_mode)
-                verdicts[key] = futures[asked]  # type: ignore[assignment]
-            verdicts = {key: future.result() for key, future in verdicts.items()}  # type: ignore[attr-defined]
-            if console is not None:
-                console.print(f"judge: {client.requests_sent} requests, {len(client.cache)} verdicts cached")
-    records = {}
-    errors = 0
-    for key in keys:
-        judged, problem = verdicts.get(key, (None, None))
-        errors += problem is not None
-        records[key] = result_record(trajectories[key], rules[key], judged, problem, judge_mode)
-    return records, errors
-
-
-def _write_results(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
-    write_atomic(run_dir / RESULTS_FILE, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
-
-
-def episode_results(trajectories: dict[tuple[str, int], Trajectory], records: dict[tuple[str, int], dict[str, Any]]) -> list[Any]:
-    """A run's scored episodes as mini_o3.metrics.EpisodeResult (`latest_trajectories` and `read_results` give the inputs)."""
-    from mini_o3.metrics import EpisodeResult
-
-    return [EpisodeResult.from_trajectory(trajectories[key], Score.from_dict(records[key]["score"]), key[1]) for key in trajectories]
-
-
-def summarize_run(
-    run_dir: str | Path,
-    trajectories: dict[tuple[str, int], Trajectory],
-    records: dict[tuple[str, int], dict[str, Any]],
-    max_turns: int,
-) -> dict[str, Any]:
-    """mini_o3.metrics.summarize over a run's episodes, written to metrics.json."""
-    from mini_o3 import metrics
-
-    summary = metrics.summarize(episode_results(trajectories, records), max_turns)
-    write_json(Path(run_dir) / METRICS_FILE, summary)
-    return summary
+# The scoring itself is in mini_o3.eval_scoring; these two take an EvalConfig.
 
 
 def rescore(
@@ -675,3 +524,29 @@ def _headline(summary: dict[str, Any]) -> str:
         f"[bold]Avg@{runs} {100 * summary['avg_at_k']:.1f}%[/bold], pass@{runs} {100 * summary['pass_at_k']:.1f}% "
         f"over {summary['samples']} questions"
     )
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "JUDGE_CACHE_FILE",
+    "JUDGE_MODES",
+    "METRICS_FILE",
+    "RESULTS_FILE",
+    "RUN_LAYOUT",
+    "SKIPPED_FILE",
+    "TRAJECTORIES_FILE",
+    "EvalConfig",
+    "EvalResult",
+    "RunDirError",
+    "describe_policy",
+    "episode_results",
+    "latest_trajectories",
+    "load_config",
+    "read_results",
+    "rescore",
+    "result_record",
+    "rule_score",
+    "run_eval",
+    "score_run",
+    "summarize_run",
+]

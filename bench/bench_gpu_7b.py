@@ -121,9 +121,8 @@ def main() -> None:
     preset = load_preset("qwen2.5-vl-7b")
     sft = with_overrides(
         preset.sft, data=str(root / "sft_data"), model_path=str(model_dir), output_dir=str(root / "sft"), max_steps=args.sft_steps,
-        save_steps=10**6, report_to=["none"], bf16=on_gpu,
+        save_steps=10**6, report_to=["none"], bf16=on_gpu, deepspeed=None,
     )
-    sft = dataclasses.replace(sft, deepspeed=None)  # with_overrides skips None values
     if "sft" in stages:
         reset_peak()
         started = time.perf_counter()
@@ -138,8 +137,8 @@ def main() -> None:
         preset.rl, data=f"synthetic:{root / 'synth'}", model_path=str(model_dir), output_dir=str(root / "rl"), steps=1,
         prompts_per_step=2, mini_batch_prompts=2, num_generations=4, max_turns=2, max_new_tokens=64, concurrency=8,
         policy_batch_size=8, dynamic_sampling=False, use_vllm=False, save_steps=10**6, report_to=["none"], bf16=on_gpu,
+        deepspeed=None,
     )
-    rl = dataclasses.replace(rl, deepspeed=None)
     if "rl" in stages:
         reset_peak()
         started = time.perf_counter()

@@ -82,6 +82,26 @@ def test_presets_hold_the_papers_hyperparameters() -> None:
     load_preset("tiny-cpu").rl.validate()
 
 
+def test_the_7b_presets_backends_are_asked_for_by_name_and_can_be_turned_off(tmp_path: Path) -> None:
+    import importlib.util
+
+    from mini_o3.train.rl import run_rl
+
+    if importlib.util.find_spec("deepspeed") or importlib.util.find_spec("vllm"):
+        pytest.skip("deepspeed or vllm is installed here")
+    paper = load_preset("qwen2.5-vl-7b")
+    sft = with_overrides(paper.sft, data=str(tmp_path), model_path=str(tmp_path), output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="deepspeed=null"):
+        run_sft(sft)
+    rl = with_overrides(paper.rl, data="synthetic:x", model_path=str(tmp_path), output_dir=str(tmp_path / "rl"))
+    with pytest.raises(ValueError, match="deepspeed=null"):
+        run_rl(rl)
+    with pytest.raises(ValueError, match="use_vllm=false"):
+        run_rl(with_overrides(rl, deepspeed=None))
+    # --set FIELD=null reaches the config as None (it used to be dropped)
+    assert with_overrides(paper.sft, deepspeed=None, save_total_limit=None).deepspeed is None
+
+
 def test_preset_errors_name_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("sft:\n  learning_rat: 1.0\n")

@@ -283,12 +283,28 @@ def _build(cls: type, values: dict[str, Any], path: Path, section: str) -> Any:
 
 
 def with_overrides(config: Any, **overrides: Any) -> Any:
-    """A copy of `config` with the given fields replaced (None values are ignored)."""
+    """A copy of `config` with the given fields replaced; None is a value (`--set deepspeed=null` turns DeepSpeed off)."""
     names = {item.name for item in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"{type(config).__name__} has no fields {unknown}")
-    return dataclasses.replace(config, **{key: value for key, value in overrides.items() if value is not None})
+    return dataclasses.replace(config, **overrides)
+
+
+def require_backends(config: Any) -> None:
+    """Raise ValueError naming the fix when the config asks for DeepSpeed or vLLM and the package is missing."""
+    import importlib.util
+
+    if getattr(config, "deepspeed", None) and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(
+            f"the config asks for DeepSpeed (deepspeed: {config.deepspeed}) but the deepspeed package is not installed: "
+            "pip install deepspeed, or train without it on one GPU with --set deepspeed=null"
+        )
+    if getattr(config, "use_vllm", False) and importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "the config asks for vLLM rollouts (use_vllm: true) but the vllm package is not installed: "
+            "pip install vllm, or generate with transformers with --set use_vllm=false"
+        )
 
 
 def config_json(config: Any) -> str:

@@ -45,7 +45,7 @@ from mini_o3.data.sample import Sample
 from mini_o3.policies.base import Policy
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
 from mini_o3.train import masking
-from mini_o3.train.config import RLJobConfig, config_json
+from mini_o3.train.config import RLJobConfig, config_json, require_backends
 from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
 from mini_o3.train.rollouts import Rewarder, RolloutGroup, episode_config, mini_o3_correctness, rollout_stats
 from mini_o3.train.sft import FINAL_DIR, freeze_vision, last_checkpoint
@@ -455,6 +455,7 @@ def run_rl(job: RLJobConfig, samples: Sequence[Sample] | None = None, rollout_po
             raise ValueError(f"RL needs {name} (set it in the config or on the command line)")
     if samples is None and not job.data:
         raise ValueError("RL needs data (a dataset spec such as synthetic:DIR)")
+    require_backends(job)
     out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print("RL job configuration:\n" + config_json(job), flush=True)

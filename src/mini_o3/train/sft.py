@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mini_o3.train.config import SFTJobConfig, config_json
+from mini_o3.train.config import SFTJobConfig, config_json, require_backends
 from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
 from mini_o3.train.tokenize import ConversationEncoder
 
@@ -128,6 +128,7 @@ def run_sft(config: SFTJobConfig) -> Path:
     for name in ("data", "model_path", "output_dir"):
         if not getattr(config, name):
             raise ValueError(f"SFT needs {name} (set it in the config or on the command line)")
+    require_backends(config)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print("SFT job configuration:\n" + config_json(config), flush=True)

@@ -16,7 +16,6 @@ third save was killed for memory with the work folder in /dev/shm, and a 64 GB d
 it in /tmp: run one or two stages per call there (measured figures: README, "Measured").
 """
 import argparse
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -32,7 +31,7 @@ from mini_o3.env import Limits
 from mini_o3.images import ResizePolicy
 from mini_o3.policies.oracle import OraclePolicy
 from mini_o3.sft_data import SftExample, write_sft_dataset
-from mini_o3.tiny import SIZES, TinySpec, build_config, build_image_processor, build_tokenizer, count_parameters
+from mini_o3.tiny import SIZES, TinySpec, build_config, build_image_processor, build_tokenizer, count_parameters, generation_config
 from mini_o3.train.config import load_preset, with_overrides
 from mini_o3.train.rl import LOG_FILE as RL_LOG, run_rl
 from mini_o3.train.sft import LOG_FILE as SFT_LOG, run_sft
@@ -47,7 +46,7 @@ QWEN25_VL_VOCAB = 152_064
 
 def build_model_dir(size: str, folder: Path, pixels: int) -> tuple[Path, int]:
     """Write a random-weight checkpoint of `size` to `folder`; return it and its parameter count."""
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     tokenizer = build_tokenizer()
     config = build_config(QWEN25_VL_7B if size == "7b" else SIZES["tiny"], tokenizer)
@@ -59,8 +58,7 @@ def build_model_dir(size: str, folder: Path, pixels: int) -> tuple[Path, int]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
-    end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[end, pad], pad_token_id=pad)
+    model.generation_config = generation_config(tokenizer)
     parameters = count_parameters(model)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -150,7 +148,7 @@ def main() -> None:
     # The random model's rollouts end at their first turn; oracle rollouts of up to 6 turns and
     # 7 images give the update the sequence lengths of a trained policy (the loss stays on the model).
     if "rl_oracle" in stages:
-        long = dataclasses.replace(rl, output_dir=str(root / "rl_long"), max_turns=6)
+        long = with_overrides(rl, output_dir=str(root / "rl_long"), max_turns=6)
         oracle = OraclePolicy(resize=resize, max_turns=6)
         measure("rl_oracle", lambda: run_rl(long, rollout_policy=oracle), root / "rl_long", RL_LOG)
     shutil.rmtree(root, ignore_errors=True)

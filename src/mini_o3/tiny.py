@@ -335,17 +335,24 @@ def build_config(spec: TinySpec, tokenizer: Any) -> Any:
     )
 
 
+def generation_config(tokenizer: Any) -> Any:
+    """Qwen2.5-VL's generation defaults in `tokenizer`'s ids: a turn ends at <|im_end|> or <|endoftext|>."""
+    from transformers import GenerationConfig
+
+    endoftext, im_end = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext)
+
+
 def build_model(spec: TinySpec, tokenizer: Any, seed: int = 0) -> Any:
     """A random-weight Qwen2_5_VLForConditionalGeneration, the same for the same seed."""
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     config = build_config(spec, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
-    endoftext, im_end = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext)
+    model.generation_config = generation_config(tokenizer)
     return model.eval()
 
 

@@ -18,10 +18,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mini_o3 import protocol  # noqa: E402
-from mini_o3.data.sample import Sample  # noqa: E402
-from mini_o3.env import Limits, ZoomEnv  # noqa: E402
-from mini_o3.policies.base import Generation  # noqa: E402
+from mini_o3.agent import protocol  # noqa: E402
+from mini_o3.agent.sample import Sample  # noqa: E402
+from mini_o3.agent.env import Limits, ZoomEnv  # noqa: E402
+from mini_o3.agent.policy import Generation  # noqa: E402
 
 
 def make_photo(width: int, height: int, path: Path) -> None:

@@ -35,9 +35,9 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from mini_o3 import protocol
-from mini_o3.evaluate import EvalConfig, run_eval
-from mini_o3.images import data_url
+from mini_o3.agent import protocol
+from mini_o3.eval.runner import EvalConfig, run_eval
+from mini_o3.agent.images import data_url
 from mini_o3.policies.http import HttpPolicy
 
 SERVER = textwrap.dedent(

@@ -25,13 +25,13 @@ from typing import Callable
 
 import torch
 
-from mini_o3.agent import EpisodeConfig, run_episodes
+from mini_o3.agent.loop import EpisodeConfig, run_episodes
 from mini_o3.data.synth import SynthOptions, load_synthetic, synthesize
-from mini_o3.env import Limits
-from mini_o3.images import ResizePolicy
-from mini_o3.policies.oracle import OraclePolicy
-from mini_o3.sft_data import SftExample, write_sft_dataset
-from mini_o3.tiny import SIZES, TinySpec, build_config, build_image_processor, build_tokenizer, count_parameters, generation_config
+from mini_o3.agent.env import Limits
+from mini_o3.agent.images import ResizePolicy
+from mini_o3.coldstart.oracle import OraclePolicy
+from mini_o3.coldstart.sft_files import SftExample, write_sft_dataset
+from mini_o3.models.tiny import SIZES, TinySpec, build_config, build_image_processor, build_tokenizer, count_parameters, generation_config
 from mini_o3.train.config import load_preset, with_overrides
 from mini_o3.train.rl import LOG_FILE as RL_LOG, run_rl
 from mini_o3.train.sft import LOG_FILE as SFT_LOG, run_sft

@@ -23,11 +23,11 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
-from mini_o3 import protocol
-from mini_o3.env import View
-from mini_o3.policies.base import SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.env import View
+from mini_o3.agent.policy import SamplingParams
 from mini_o3.policies.http import HttpPolicy
-from mini_o3.trajectory import ViewRecord
+from mini_o3.agent.trajectory import ViewRecord
 
 ZOOM = '<think>Look closer.</think><grounding>{"bbox_2d": [0.25, 0.25, 0.75, 0.75], "source": "original_image"}</grounding>'
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from mini_o3.data.synth import SynthOptions, load_synthetic, synthesize
-from mini_o3.tiny import build_tiny
+from mini_o3.models.tiny import build_tiny
 from mini_o3.train.config import load_preset, with_overrides
 from mini_o3.train.rl import LOG_FILE, run_rl
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mini_o3.policies.base import Generation, SamplingParams
+from mini_o3.agent.policy import Generation, SamplingParams
 from mini_o3.policies.scripted import ScriptedPolicy
 from mini_o3.serve import start_server
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.agent import EpisodeConfig, run_episode, run_episodes
-from mini_o3.data.sample import Sample
-from mini_o3.env import Limits
-from mini_o3.policies.base import Generation, PolicyError, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.loop import EpisodeConfig, run_episode, run_episodes
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import Limits
+from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
 from mini_o3.policies.scripted import ScriptedPolicy
-from mini_o3.store import TrajectoryStore
-from mini_o3.trajectory import Status
+from mini_o3.agent.store import TrajectoryStore
+from mini_o3.agent.trajectory import Status
 
 ZOOM = protocol.render_zoom(protocol.Zoom((0.25, 0.25, 0.75, 0.75)))
 NESTED = protocol.render_zoom(protocol.Zoom((0.0, 0.0, 0.5, 0.5), "observation_1"))
@@ -200,7 +200,7 @@ def test_closing_the_stream_early_does_not_wait_for_every_episode(tmp_path: Path
 
 
 def test_safe_names_are_distinct_for_distinct_ids() -> None:
-    from mini_o3.store import safe_name
+    from mini_o3.agent.store import safe_name
 
     names = {safe_name(text) for text in ["a/b", "a_b", "a:b", "a b", "x" * 300, "x" * 301]}
     assert len(names) == 6

@@ -15,8 +15,8 @@ from PIL import Image
 
 from mini_o3.data.benchmarks import MULTIPLE_CHOICE_INSTRUCTION, DatasetError
 from mini_o3.data.loading import LoadResult, load_dataset, parse_spec
-from mini_o3.data.sample import Sample
-from mini_o3.images import open_image
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.images import open_image
 
 
 @pytest.fixture(autouse=True)

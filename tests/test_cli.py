@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mini_o3 import protocol
+from mini_o3.agent import protocol
 from mini_o3.cli import app
 from mini_o3.policies.scripted import ScriptedPolicy
 from mini_o3.serve import start_server
-from mini_o3.trajectory import read_jsonl
+from mini_o3.agent.trajectory import read_jsonl
 
 runner = CliRunner()
 SCRIPT = [

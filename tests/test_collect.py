@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from mini_o3 import protocol
-from mini_o3.agent import EpisodeConfig, run_episode
-from mini_o3.collect import CollectConfig, CollectDirError, collect, round_dir, select_trajectories
-from mini_o3.data.sample import Sample
+from mini_o3.agent import protocol
+from mini_o3.agent.loop import EpisodeConfig, run_episode
+from mini_o3.coldstart.collect import CollectConfig, CollectDirError, collect, round_dir, select_trajectories
+from mini_o3.agent.sample import Sample
 from mini_o3.data.synth import SynthOptions, load_synthetic, synthesize
-from mini_o3.exemplars import (
+from mini_o3.coldstart.exemplars import (
     EXEMPLAR_INTRO,
     EXEMPLAR_SEPARATOR,
     ExemplarPolicy,
@@ -26,12 +26,12 @@ from mini_o3.exemplars import (
     classify_patterns,
     load_exemplars,
 )
-from mini_o3.env import Limits
-from mini_o3.policies.base import Generation, PolicyError, SamplingParams
-from mini_o3.policies.oracle import OraclePolicy
+from mini_o3.agent.env import Limits
+from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
+from mini_o3.coldstart.oracle import OraclePolicy
 from mini_o3.policies.scripted import ScriptedPolicy
 from mini_o3.policies.seeded import turn_seed
-from mini_o3.sft_data import (
+from mini_o3.coldstart.sft_files import (
     IMAGE_TOKEN,
     conversation_from_row,
     load_coldstart_parquet,
@@ -39,8 +39,8 @@ from mini_o3.sft_data import (
     read_sft_rows,
     sharegpt_conversation,
 )
-from mini_o3.store import TrajectoryStore
-from mini_o3.trajectory import Status, read_jsonl
+from mini_o3.agent.store import TrajectoryStore
+from mini_o3.agent.trajectory import Status, read_jsonl
 
 SMALL = dict(max_pixels=224 * 224, min_pixels=28 * 28 * 16)
 ZOOM = protocol.render_zoom(protocol.Zoom((0.25, 0.25, 0.75, 0.75)))
@@ -396,7 +396,7 @@ def test_config_validation_names_the_field() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mini_o3 import tiny
+    from mini_o3.models import tiny
 
     return tiny.build_tiny(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
 

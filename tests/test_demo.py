@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mini_o3.demo import LEVELS, demo_config, level_of, rl_runs
+from mini_o3.demo.pipeline import LEVELS, demo_config, level_of, rl_runs
 
 STAGES = ("base", "data", "collect", "sft", "rl", "rl_no_mask", "eval_oracle", "eval_start", "eval_sft", "eval_rl", "eval_rl_no_mask")
 
@@ -98,7 +98,7 @@ def test_the_smoke_demo_runs_every_stage_resumes_and_reports(tmp_path: Path) -> 
 
 
 def test_another_seed_makes_other_scenes_and_train_never_meets_test(tmp_path: Path) -> None:
-    from mini_o3.demo import _stage_data
+    from mini_o3.demo.pipeline import _stage_data
 
     def digests(folder: Path) -> set[str]:
         return {hashlib.sha256(path.read_bytes()).hexdigest() for path in (folder / "images").iterdir()}

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.data.sample import Sample
-from mini_o3.env import Limits, ZoomEnv, image_tokens, replay_views
-from mini_o3.policies.base import Generation
-from mini_o3.trajectory import Status, Trajectory, read_jsonl, write_jsonl
+from mini_o3.agent import protocol
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import Limits, ZoomEnv, image_tokens, replay_views
+from mini_o3.agent.policy import Generation
+from mini_o3.agent.trajectory import Status, Trajectory, read_jsonl, write_jsonl
 
 
 @pytest.fixture()
@@ -147,7 +147,7 @@ def test_context_counts_image_tokens(sample: Sample) -> None:
 
 
 def test_error_status_for_a_missing_image(tmp_path: Path) -> None:
-    from mini_o3.images import ImageLoadError
+    from mini_o3.agent.images import ImageLoadError
 
     with pytest.raises(ImageLoadError, match="missing.jpg"):
         ZoomEnv(Sample(id="x", image=tmp_path / "missing.jpg", question="q", answer="a"))

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.evaluate import (
+from mini_o3.agent import protocol
+from mini_o3.eval.runner import (
     RESULTS_FILE,
     TRAJECTORIES_FILE,
     EvalConfig,
@@ -29,8 +29,8 @@ from mini_o3.evaluate import (
     rescore,
     run_eval,
 )
-from mini_o3.judge import JudgeConfig
-from mini_o3.policies.base import Generation, SamplingParams
+from mini_o3.eval.judge import JudgeConfig
+from mini_o3.agent.policy import Generation, SamplingParams
 from mini_o3.policies.http import HttpPolicy
 from mini_o3.policies.scripted import ScriptedPolicy
 from mini_o3.policies.seeded import turn_seed
@@ -190,7 +190,7 @@ KILLED_RUN = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from mini_o3.evaluate import EvalConfig, run_eval
+    from mini_o3.eval.runner import EvalConfig, run_eval
     from mini_o3.policies.scripted import ScriptedPolicy
     zoom = sys.argv[3]
     policy = ScriptedPolicy([zoom, zoom, "<think>ok</think><answer>red</answer>"], delay_s=0.01)
@@ -418,7 +418,7 @@ def test_duplicate_question_ids_are_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_tiny_model_end_to_end_through_a_loopback_server(tmp_path: Path, serve) -> None:
     from mini_o3.policies.local import LocalPolicy
-    from mini_o3.tiny import build_tiny
+    from mini_o3.models.tiny import build_tiny
 
     checkpoint = build_tiny(tmp_path / "tiny", seed=0)
     local = LocalPolicy(checkpoint, max_batch_size=8)

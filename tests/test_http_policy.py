@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.data.sample import Sample
-from mini_o3.env import Limits, ZoomEnv
-from mini_o3.policies.base import Generation, Policy, PolicyError, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import Limits, ZoomEnv
+from mini_o3.agent.policy import Generation, Policy, PolicyError, SamplingParams
 from conftest import Recorder
 from mini_o3.policies.http import HttpPolicy, _generation_from_reply, normalize_base_url
 from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy
 from mini_o3.serve import start_server
-from mini_o3.trajectory import Status
+from mini_o3.agent.trajectory import Status
 
 FAKE_KEY = "sk-test-0123456789abcdef-do-not-leak"
 ZOOM = '<think>small</think><grounding>{"bbox_2d": [0.5, 0.5, 1.0, 1.0], "source": "original_image"}</grounding>'

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mini_o3.images import (
+from mini_o3.agent.images import (
     BoxError,
     ImageLoadError,
     ResizePolicy,
@@ -163,8 +163,8 @@ def test_missing_corrupt_and_huge_files(tmp_path: Path) -> None:
 
 
 def test_as_pil_takes_a_view_a_pil_image_or_a_path_and_nothing_else(tmp_path: Path) -> None:
-    from mini_o3.data.sample import Sample
-    from mini_o3.env import ZoomEnv
+    from mini_o3.agent.sample import Sample
+    from mini_o3.agent.env import ZoomEnv
 
     picture = Image.new("RGBA", (30, 20), (255, 0, 0, 0))
     assert as_pil(picture) is picture
@@ -181,7 +181,7 @@ def test_as_pil_takes_a_view_a_pil_image_or_a_path_and_nothing_else(tmp_path: Pa
 
 
 def test_importing_keeps_the_users_pillow_settings() -> None:
-    script = "from PIL import ImageFile; ImageFile.LOAD_TRUNCATED_IMAGES = True; import mini_o3.images; assert ImageFile.LOAD_TRUNCATED_IMAGES"
+    script = "from PIL import ImageFile; ImageFile.LOAD_TRUNCATED_IMAGES = True; import mini_o3.agent.images; assert ImageFile.LOAD_TRUNCATED_IMAGES"
     subprocess.run([sys.executable, "-c", script], check=True)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from mini_o3.judge import (
+from mini_o3.eval.judge import (
     JudgeConfig,
     JudgeError,
     LLMJudge,

@@ -10,11 +10,12 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import GenerationConfig
 
-from mini_o3 import protocol, tiny
-from mini_o3.data.sample import Sample
-from mini_o3.env import Limits, ZoomEnv
-from mini_o3.images import ResizePolicy
-from mini_o3.policies.base import Generation, Policy, PolicyError, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.models import tiny
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import Limits, ZoomEnv
+from mini_o3.agent.images import ResizePolicy
+from mini_o3.agent.policy import Generation, Policy, PolicyError, SamplingParams
 from mini_o3.policies.local import SUPPRESSED_TOKENS, LocalPolicy, _RowStopper
 
 SMALL_IMAGES = ResizePolicy(max_pixels=224 * 224, min_pixels=28 * 28 * 16)
@@ -299,7 +300,7 @@ def test_image_cache_forgets_freed_images() -> None:
     from PIL import Image
 
     from mini_o3.policies.local import PromptEncoder
-    from mini_o3.tiny import build_image_processor, build_tokenizer
+    from mini_o3.models.tiny import build_image_processor, build_tokenizer
 
     encoder = PromptEncoder(build_tokenizer(), build_image_processor())
     images = [Image.new("RGB", (56 + 28 * i, 56), (i * 20, 0, 0)) for i in range(5)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mini_o3.train import masking
-from mini_o3.trajectory import Status
+from mini_o3.agent.trajectory import Status
 
 
 # ---------------------------------------------------------------- advantages

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.data.sample import Sample
-from mini_o3.env import Limits, ZoomEnv
-from mini_o3.metrics import (
+from mini_o3.agent import protocol
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import Limits, ZoomEnv
+from mini_o3.eval.metrics import (
     EpisodeResult,
     accuracy_by_budget,
     avg_at_k,
@@ -26,9 +26,9 @@ from mini_o3.metrics import (
     truncate_trajectory,
     turn_stats,
 )
-from mini_o3.policies.base import Generation
-from mini_o3.scoring import Score, score_trajectory
-from mini_o3.trajectory import Status, Trajectory
+from mini_o3.agent.policy import Generation
+from mini_o3.eval.scoring import Score, score_trajectory
+from mini_o3.agent.trajectory import Status, Trajectory
 
 
 def answered(sample: str, run: int, turn: int, correct: bool, split: str, category: str, **costs: list) -> EpisodeResult:

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mini_o3 import protocol
-from mini_o3.agent import EpisodeConfig, run_episode
-from mini_o3.data.sample import Sample
-from mini_o3.exemplars import classify_patterns
+from mini_o3.agent import protocol
+from mini_o3.agent.loop import EpisodeConfig, run_episode
+from mini_o3.agent.sample import Sample
+from mini_o3.coldstart.exemplars import classify_patterns
 from mini_o3.data.synth import GridConfig, SynthOptions, load_synthetic, synthesize
-from mini_o3.env import Limits, ZoomEnv
-from mini_o3.policies.base import Generation, PolicyError
-from mini_o3.policies.oracle import PATTERNS, OraclePolicy, PatternMix, grid_layout, oracle_answer
-from mini_o3.scoring import score_answer
-from mini_o3.trajectory import Status
+from mini_o3.agent.env import Limits, ZoomEnv
+from mini_o3.agent.policy import Generation, PolicyError
+from mini_o3.coldstart.oracle import PATTERNS, OraclePolicy, PatternMix, grid_layout, oracle_answer
+from mini_o3.eval.scoring import score_answer
+from mini_o3.agent.trajectory import Status
 
 LIMITS = Limits(max_turns=16)
 CONFIG = EpisodeConfig(limits=LIMITS)
@@ -244,10 +244,10 @@ def test_grid_layout_matches_the_generator_cells(tmp_path: Path) -> None:
 
 
 def test_terse_grid_wording_uses_the_base_models_phrases(tmp_path) -> None:
-    from mini_o3.agent import EpisodeConfig
+    from mini_o3.agent.loop import EpisodeConfig
     from mini_o3.data.synth import GridConfig, SynthOptions, load_synthetic, synthesize
-    from mini_o3.env import Limits
-    from mini_o3.images import ResizePolicy
+    from mini_o3.agent.env import Limits
+    from mini_o3.agent.images import ResizePolicy
 
     resize = ResizePolicy(max_pixels=112 * 112, min_pixels=3136)
     synthesize(tmp_path / "grid", 6, "grid", 672, 4, progress=False, options=SynthOptions(grid=GridConfig(rows=3, cols=3), resize=resize, contact_sheet=0))
@@ -267,10 +267,10 @@ def test_terse_grid_wording_uses_the_base_models_phrases(tmp_path) -> None:
 
 @pytest.mark.parametrize("wording", ["terse", "natural"])
 def test_impatient_grid_scans_give_up_before_the_target_and_guess(tmp_path, wording) -> None:
-    from mini_o3.agent import EpisodeConfig
+    from mini_o3.agent.loop import EpisodeConfig
     from mini_o3.data.synth import GridConfig, SynthOptions, load_synthetic, synthesize
-    from mini_o3.env import Limits
-    from mini_o3.images import ResizePolicy
+    from mini_o3.agent.env import Limits
+    from mini_o3.agent.images import ResizePolicy
 
     resize = ResizePolicy(max_pixels=112 * 112, min_pixels=3136)
     synthesize(tmp_path / "grid", 12, "grid", 448, 7, progress=False, options=SynthOptions(grid=GridConfig(rows=3, cols=3), resize=resize, contact_sheet=0))

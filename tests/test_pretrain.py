@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from mini_o3 import protocol
-from mini_o3.policies.base import SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.policy import SamplingParams
 from mini_o3.policies.local import LocalPolicy
-from mini_o3.pretrain import TASKS, PretrainConfig, PretrainError, lr_at, main, make_example, run_pretrain
-from mini_o3.tiny import load_checkpoint
+from mini_o3.demo.pretrain import TASKS, PretrainConfig, PretrainError, lr_at, main, make_example, run_pretrain
+from mini_o3.models.tiny import load_checkpoint
 
 
 def _config(out, steps: int) -> PretrainConfig:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mini_o3 import protocol
-from mini_o3.protocol import Answer, Malformed, NoAction, Zoom, parse_action
+from mini_o3.agent import protocol
+from mini_o3.agent.protocol import Answer, Malformed, NoAction, Zoom, parse_action
 
 REFERENCE_SYSTEM = (
     "You are a helpful assistant. Answer the user's question based on the image provided. Output your thinking "

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.evaluate import EvalConfig, run_eval
+from mini_o3.agent import protocol
+from mini_o3.eval.runner import EvalConfig, run_eval
 from mini_o3.policies.scripted import ScriptedPolicy
-from mini_o3.report import (
+from mini_o3.eval.report import (
     ACCURACY_PLOT,
     REPORT_DIR,
     TURNS_PLOT,

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.data.sample import Sample
+from mini_o3.agent import protocol
+from mini_o3.agent.sample import Sample
 from mini_o3.policies.scripted import ScriptedPolicy
-from mini_o3.tiny import build_tiny, load_checkpoint
+from mini_o3.models.tiny import build_tiny, load_checkpoint
 from mini_o3.train.config import RLJobConfig
 from mini_o3.train.tokenize import ConversationEncoder
-from mini_o3.trajectory import Trajectory
+from mini_o3.agent.trajectory import Trajectory
 
 pytestmark = pytest.mark.slow  # every test here builds a trainer (TRL alone takes seconds to import)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mini_o3.scoring import Score, normalize_answer, score_answer, score_trajectory
-from mini_o3.trajectory import Status, Trajectory
+from mini_o3.eval.scoring import Score, normalize_answer, score_answer, score_trajectory
+from mini_o3.agent.trajectory import Status, Trajectory
 
 GLOVE = {"A": "rubber", "B": "cotton", "C": "kevlar", "D": "leather"}
 CARS = {"A": "blue car", "B": "red car", "C": "green truck", "D": "3"}

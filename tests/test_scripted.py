@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.data.sample import Sample
-from mini_o3.env import Limits, ZoomEnv
-from mini_o3.policies.base import Generation, Policy, PolicyError, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import Limits, ZoomEnv
+from mini_o3.agent.policy import Generation, Policy, PolicyError, SamplingParams
 from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy, cut_at_stop
-from mini_o3.trajectory import Status
+from mini_o3.agent.trajectory import Status
 
 
 def _env(question: str = "What colour is the square?") -> ZoomEnv:

@@ -25,9 +25,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mini_o3 import protocol
+from mini_o3.agent import protocol
 from mini_o3.cli import app
-from mini_o3.tiny import build_tiny
+from mini_o3.models.tiny import build_tiny
 
 pytestmark = pytest.mark.slow
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mini_o3 import protocol
-from mini_o3.data.sample import Sample
-from mini_o3.policies.base import Generation, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.policy import Generation, SamplingParams
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.images import data_url
-from mini_o3.policies.base import Generation, PolicyError, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.images import data_url
+from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
 from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy
 from conftest import Recorder
 from mini_o3.serve import decode_data_url, messages_from_openai, start_server

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from mini_o3.agent import EpisodeConfig, run_episodes
+from mini_o3.agent.loop import EpisodeConfig, run_episodes
 from mini_o3.data.synth import SynthOptions, load_synthetic, synthesize
-from mini_o3.env import Limits
-from mini_o3.images import ResizePolicy
-from mini_o3.policies.oracle import OraclePolicy, PatternMix
-from mini_o3.sft_data import SftExample, write_sft_dataset
-from mini_o3.tiny import build_tiny, load_checkpoint
+from mini_o3.agent.env import Limits
+from mini_o3.agent.images import ResizePolicy
+from mini_o3.coldstart.oracle import OraclePolicy, PatternMix
+from mini_o3.coldstart.sft_files import SftExample, write_sft_dataset
+from mini_o3.models.tiny import build_tiny, load_checkpoint
 from mini_o3.train.config import RLJobConfig, SFTJobConfig, load_preset, preset_names, with_overrides
 from mini_o3.train.sft import LOG_FILE, SFTCollator, load_rows, run_sft
 from mini_o3.train.tokenize import ConversationEncoder
@@ -119,8 +119,8 @@ def test_preset_errors_name_the_field(tmp_path: Path) -> None:
 def test_one_sft_step_end_to_end_and_the_checkpoint_loads(tiny_dir: Path, sft_dir: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    from mini_o3 import protocol
-    from mini_o3.policies.base import SamplingParams
+    from mini_o3.agent import protocol
+    from mini_o3.agent.policy import SamplingParams
     from mini_o3.policies.local import LocalPolicy
 
     final = run_sft(_job(tiny_dir, sft_dir, tmp_path / "out", max_steps=1, save_steps=1))
@@ -166,7 +166,7 @@ def _valid_turn_share(checkpoint: Path, samples: list) -> float:
     """Share of greedy turns that parse as a zoom or an answer, over 16 questions."""
     from collections import Counter
 
-    from mini_o3.policies.base import SamplingParams
+    from mini_o3.agent.policy import SamplingParams
     from mini_o3.policies.local import LocalPolicy
 
     config = EpisodeConfig(limits=Limits(max_turns=4), resize=SMALL, sampling=SamplingParams(max_new_tokens=160, temperature=0.0))

@@ -18,7 +18,7 @@ from mini_o3.data.problems import LEGIBLE_PX, GridConfig, Problem, SynthError, S
 from mini_o3.data.scene import COLOURS, DIGITS, LETTERS, PATTERNS, SHAPES, WORDS, Scene, SceneObject, feature_px, label_layout, render
 from mini_o3.data.synth import synthesize
 from mini_o3.data.synth_loading import is_synthetic_dir, load_synthetic
-from mini_o3.images import ResizePolicy
+from mini_o3.agent.images import ResizePolicy
 
 FAST = SynthOptions(contact_sheet=0)
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mini_o3 import protocol, tiny
-from mini_o3.policies.base import PolicyError
+from mini_o3.agent import protocol
+from mini_o3.models import tiny
+from mini_o3.agent.policy import PolicyError
 
 QWEN_7B_PREPROCESSOR = {
     "min_pixels": 3136,
@@ -170,7 +171,7 @@ def test_main_builds_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[
 @pytest.mark.slow
 def test_module_cli_and_small_size(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mini_o3.tiny", str(tmp_path / "small"), "--size", "small"],
+        [sys.executable, "-m", "mini_o3.models.tiny", str(tmp_path / "small"), "--size", "small"],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.agent import EpisodeConfig, run_episode, run_episodes
-from mini_o3.data.sample import Sample
-from mini_o3.env import Limits
-from mini_o3.images import ResizePolicy
-from mini_o3.policies.base import Generation, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.loop import EpisodeConfig, run_episode, run_episodes
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import Limits
+from mini_o3.agent.images import ResizePolicy
+from mini_o3.agent.policy import Generation, SamplingParams
 from mini_o3.policies.scripted import ScriptedPolicy, assistant_turns
-from mini_o3.tiny import build_tiny, load_checkpoint
+from mini_o3.models.tiny import build_tiny, load_checkpoint
 from mini_o3.train.tokenize import ConversationEncoder
 
 SMALL = ResizePolicy(max_pixels=224 * 224, min_pixels=56 * 56)

@@ -12,12 +12,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mini_o3.agent import EpisodeConfig, run_episode
-from mini_o3.data.sample import Sample
-from mini_o3.env import INFERENCE_LIMITS, ZoomEnv
-from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, open_image
-from mini_o3.policies.base import Policy, SamplingParams
-from mini_o3.trajectory import TurnRecord
+from mini_o3.agent.loop import EpisodeConfig, run_episode
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import INFERENCE_LIMITS, ZoomEnv
+from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, open_image
+from mini_o3.agent.policy import Policy, SamplingParams
+from mini_o3.agent.trajectory import TurnRecord
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Vision-language agents that search high-resolution images by zooming.")
 console = Console()
@@ -77,8 +77,8 @@ def search(
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
 ) -> None:
     """Answer QUESTION about IMAGE by zooming, printing every turn."""
-    from mini_o3.draw import draw_zoom_boxes
-    from mini_o3.store import TrajectoryStore
+    from mini_o3.eval.draw import draw_zoom_boxes
+    from mini_o3.agent.store import TrajectoryStore
 
     if numbering not in ("reference", "consistent"):
         raise typer.BadParameter("--numbering must be 'reference' or 'consistent'")
@@ -163,8 +163,8 @@ def eval_run(
     """Evaluate a policy on a dataset, resumably, and write metrics.json and index.html."""
     if ctx.invoked_subcommand is not None:
         return
-    from mini_o3.evaluate import EvalConfig, run_eval
-    from mini_o3.judge import JudgeConfig
+    from mini_o3.eval.runner import EvalConfig, run_eval
+    from mini_o3.eval.judge import JudgeConfig
 
     if data is None:
         raise typer.BadParameter("--data SPEC is required (e.g. synthetic:runs/synth-hard or vstar:/data/vstar_bench)")
@@ -186,7 +186,7 @@ def eval_run(
 @eval_app.command("compare")
 def eval_compare(run_a: Path = typer.Argument(..., help="First run directory."), run_b: Path = typer.Argument(..., help="Second run directory.")) -> None:
     """Show two evaluation runs side by side."""
-    from mini_o3.report import compare_runs
+    from mini_o3.eval.report import compare_runs
 
     console.print(compare_runs(run_a, run_b))
 
@@ -200,8 +200,8 @@ def eval_rescore(
     judge_api_key_env: str = typer.Option("MINI_O3_JUDGE_API_KEY", help="Environment variable holding the judge's key."),
 ) -> None:
     """Score a finished run again (rules or a judge) without calling the model."""
-    from mini_o3.evaluate import rescore
-    from mini_o3.judge import JudgeConfig
+    from mini_o3.eval.runner import rescore
+    from mini_o3.eval.judge import JudgeConfig
 
     judge = JudgeConfig(base_url=judge_api, model=judge_model or "", api_key_env=judge_api_key_env) if judge_api else None
     metrics = rescore(run_dir, judge=judge, judge_mode=judge_mode)
@@ -229,8 +229,8 @@ def collect(
     out: str = typer.Option("runs/collect", help="Output folder; the same command again resumes."),
 ) -> None:
     """Collect cold-start trajectories: keep only correct, well-formed, balanced, unique ones."""
-    from mini_o3.collect import CollectConfig, CollectDirError
-    from mini_o3.collect import collect as run_collect
+    from mini_o3.coldstart.collect import CollectConfig, CollectDirError
+    from mini_o3.coldstart.collect import collect as run_collect
 
     if policy not in ("api", "local", "oracle"):
         raise typer.BadParameter("--policy must be api, local or oracle")
@@ -305,7 +305,7 @@ def pretrain(
     threads: int = typer.Option(1, help="Torch threads."),
 ) -> None:
     """Pre-train the demo's tiny base model to see the synthetic grid world (crops, colours)."""
-    from mini_o3.pretrain import main as pretrain_main
+    from mini_o3.demo.pretrain import main as pretrain_main
 
     pretrain_main(["--out", out, "--steps", str(steps), "--threads", str(threads)])
 
@@ -335,7 +335,7 @@ def tiny(
     size: str = typer.Option("tiny", help="tiny (about 1.5M parameters) or small."),
 ) -> None:
     """Build a tiny random Qwen2.5-VL checkpoint (model, tokenizer, processor) offline."""
-    from mini_o3.tiny import build_tiny
+    from mini_o3.models.tiny import build_tiny
 
     path = build_tiny(out, seed=seed, size=size)
     console.print(f"wrote a tiny Qwen2.5-VL checkpoint to {path}")
@@ -354,7 +354,7 @@ def demo(
     sft_from: Optional[Path] = typer.Option(None, help="Reuse the data, cold start and SFT model of this finished demo run (same settings) and run only RL and evaluation: RL sweeps from one SFT model."),
 ) -> None:
     """The whole recipe offline on a tiny model: data, cold start, SFT, RL, evaluation, report."""
-    from mini_o3.demo import demo_config, run_demo
+    from mini_o3.demo.pipeline import demo_config, run_demo
 
     tags = [f"-rl{rl_steps}" if rl_steps is not None else "", f"-lr{rl_learning_rate:g}" if rl_learning_rate is not None else ""]
     name = f"demo-{preset}-s{seed}{'-ablation' if ablation else '-no-ablation' if ablation is False else ''}{'-nomask' if no_overturn_mask else ''}{''.join(tags)}"

@@ -1,7 +1,7 @@
 """A small OpenAI-compatible chat-completions server for any Policy (stdlib only).
 
 Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health. Image parts arrive as
-`image_url` data URLs and reach the policy as PIL images in `mini_o3.protocol` message form.
+`image_url` data URLs and reach the policy as PIL images in `mini_o3.agent.protocol` message form.
 Like OpenAI, the reply leaves out the stop string that ended a turn unless the request sets
 vLLM's `include_stop_str_in_output`. For tests and benchmarks a server can sleep a fixed
 `delay_s` per request (the policy's own time included) and fail its first `fail_first_n`
@@ -27,10 +27,10 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from mini_o3 import protocol
-from mini_o3.env import approximate_tokens
-from mini_o3.images import to_rgb
-from mini_o3.policies.base import Policy, PolicyError, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.env import approximate_tokens
+from mini_o3.agent.images import to_rgb
+from mini_o3.agent.policy import Policy, PolicyError, SamplingParams
 from mini_o3.policies.scripted import count_prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def decode_data_url(url: str) -> Image.Image:
 
 
 def messages_from_openai(messages: Any) -> list[dict[str, Any]]:
-    """OpenAI chat messages as `mini_o3.protocol` messages: text parts and image parts holding PIL images."""
+    """OpenAI chat messages as `mini_o3.agent.protocol` messages: text parts and image parts holding PIL images."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list of chat messages")
     converted = []

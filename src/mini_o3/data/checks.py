@@ -14,7 +14,7 @@ import numpy as np
 
 from mini_o3.data.problems import LEGIBLE_PX, LEVELS, AmbiguousError, GridConfig, Problem, Query, Resolution, _inside, _intersects, resolve
 from mini_o3.data.scene import Box, Scene, feature_px
-from mini_o3.images import ResizePolicy, target_size
+from mini_o3.agent.images import ResizePolicy, target_size
 
 # ---------------------------------------------------------------- measured figures
 

@@ -17,8 +17,8 @@ from typing import Any, Iterable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mini_o3.data.sample import Sample
-from mini_o3.images import open_image
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.images import open_image
 
 ROLE_COLOURS = {
     "target": (230, 25, 40),

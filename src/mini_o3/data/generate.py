@@ -32,7 +32,7 @@ from mini_o3.data.problems import (
     resolve,
 )
 from mini_o3.data.scene import COLOURS, LABELS, NEUTRALS, PATTERNS, SHAPES, Box, Frame, Scene, SceneObject, feature_px, label_kind
-from mini_o3.images import ResizePolicy
+from mini_o3.agent.images import ResizePolicy
 
 _ASK = {
     "label": "What is written on the {0}?",

@@ -25,7 +25,7 @@ from typing import Any
 
 from mini_o3.data import benchmarks
 from mini_o3.data.benchmarks import BadRecord, DatasetError, Record
-from mini_o3.data.sample import Sample
+from mini_o3.agent.sample import Sample
 
 KINDS = ("visualprobe", "vstar", "hrbench", "mme-realworld", "mme-realworld-lite", "synthetic", "json", "jsonl")
 """The dataset kinds a spec may name."""

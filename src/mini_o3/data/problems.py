@@ -39,7 +39,7 @@ from typing import Any
 
 from mini_o3.data.benchmarks import multiple_choice_question
 from mini_o3.data.scene import COLOURS, Box, Frame, Scene, SceneObject
-from mini_o3.images import ResizePolicy
+from mini_o3.agent.images import ResizePolicy
 
 ATTRIBUTES = ("shape", "colour", "pattern", "label")
 LEGIBLE_PX = {"label": 8.0, "pattern": 4.0, "shape": 12.0, "colour": 3.0}

@@ -55,7 +55,7 @@ from mini_o3.data.problems import (  # noqa: F401
 )
 from mini_o3.data.scene import SceneObject, render
 from mini_o3.data.synth_loading import CONFIG_FILE, DATA_FILE, is_synthetic_dir, iter_synthetic, load_synthetic
-from mini_o3.images import encode_image
+from mini_o3.agent.images import encode_image
 from mini_o3.jsonl import write_atomic, write_json
 
 REPORT_FILE = "report.json"

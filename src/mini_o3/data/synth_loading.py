@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mini_o3.data.benchmarks import BadRecord, DatasetError, Record, RecordProblem, build_records, existing_image
-from mini_o3.data.sample import Sample
-from mini_o3.protocol import question_from_problem
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.protocol import question_from_problem
 
 DATA_FILE = "data.json"
 CONFIG_FILE = "synth_config.json"

@@ -32,8 +32,8 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from mini_o3 import __version__
-from mini_o3.images import as_pil, data_url
-from mini_o3.policies.base import Generation, PolicyError, SamplingParams, restore_stop_string
+from mini_o3.agent.images import as_pil, data_url
+from mini_o3.agent.policy import Generation, PolicyError, SamplingParams, restore_stop_string
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class HttpPolicy:
                     elif part["type"] == "image":
                         pieces.append('{"type":"image_url","image_url":{"url":' + self._image_url_json(part["image"]) + "}}")
                     else:
-                        raise PolicyError(f"unknown content part type {part['type']!r}; mini_o3.protocol builds 'text' and 'image' parts")
+                        raise PolicyError(f"unknown content part type {part['type']!r}; mini_o3.agent.protocol builds 'text' and 'image' parts")
                 body = "[" + ",".join(pieces) + "]"
             out.append('{"role":' + json.dumps(message["role"]) + ',"content":' + body + "}")
         return "[" + ",".join(out) + "]"

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from mini_o3 import protocol
-from mini_o3.images import as_pil
-from mini_o3.policies.base import Generation, PolicyError, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.images import as_pil
+from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
 
 SUPPRESSED_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 """Tokens a policy must never write (a random model would otherwise sample them)."""
@@ -284,7 +284,7 @@ class LocalPolicy:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if isinstance(checkpoint, (str, Path)):
-            from mini_o3.tiny import load_checkpoint
+            from mini_o3.models.tiny import load_checkpoint
 
             model, tokenizer, image_processor = load_checkpoint(checkpoint, device, dtype, min_pixels, max_pixels)
         else:

@@ -10,10 +10,10 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from mini_o3 import protocol
-from mini_o3.env import approximate_tokens, image_tokens, message_tokens
-from mini_o3.images import as_pil
-from mini_o3.policies.base import Generation, PolicyError, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.env import approximate_tokens, image_tokens, message_tokens
+from mini_o3.agent.images import as_pil
+from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
 
 Script = Sequence[str] | Callable[[list[dict[str, Any]]], "str | Generation"]
 

@@ -13,8 +13,8 @@ import hashlib
 from dataclasses import replace
 from typing import Any
 
-from mini_o3.data.sample import Sample
-from mini_o3.policies.base import Generation, Policy, SamplingParams
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.policy import Generation, Policy, SamplingParams
 
 
 def turn_seed(seed: int, sample_id: str, run: int, turn: int) -> int:

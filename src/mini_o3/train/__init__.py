@@ -10,8 +10,7 @@ The names below load on first use, so `import mini_o3.train.masking` stays light
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mini_o3.lazy import lazy_exports
 
 _EXPORTS = {
     "Preset": "config",
@@ -24,8 +23,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mini_o3.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"mini_o3.train.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import torch
 
-from mini_o3.trajectory import Status
+from mini_o3.agent.trajectory import Status
 
 ADVANTAGE_EPS = 1e-6
 """Added to the group std before dividing (the reference's epsilon)."""

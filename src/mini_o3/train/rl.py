@@ -7,7 +7,7 @@ RL step into mini-batches, the per-image slicing of `pixel_values` in the forwar
 vLLM engine with its weight sync.
 
 - `_generate_and_score_completions`: every question's n rollouts run through
-  `mini_o3.agent.run_episodes` - the same protocol, environment and limits as inference, no
+  `mini_o3.agent.loop.run_episodes` - the same protocol, environment and limits as inference, no
   second copy of the episode loop - with a policy wrapping the trainer's current model
   (`LocalPolicy`, batched transformers generation; or the colocated vLLM engine). Rewards are
   `scoring.score_trajectory` correctness (an optional LLM judge second); advantages, masks and
@@ -40,9 +40,9 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from mini_o3.agent import Episode, run_episodes
-from mini_o3.data.sample import Sample
-from mini_o3.policies.base import Policy
+from mini_o3.agent.loop import Episode, run_episodes
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.policy import Policy
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
 from mini_o3.train import masking
 from mini_o3.train.config import RLJobConfig, config_json, require_backends
@@ -362,7 +362,7 @@ def build_trainer(job: RLJobConfig, samples: Sequence[Sample] | None = None, rol
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from mini_o3.tiny import build_processor, load_checkpoint
+    from mini_o3.models.tiny import build_processor, load_checkpoint
 
     processes = _world_size()
     job.validate(processes)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from mini_o3.agent import Episode, EpisodeConfig
-from mini_o3.scoring import score_trajectory
+from mini_o3.agent.loop import Episode, EpisodeConfig
+from mini_o3.eval.scoring import score_trajectory
 from mini_o3.train.config import RLJobConfig
 from mini_o3.train.progress import host_rss_mb
-from mini_o3.trajectory import Status, Trajectory
+from mini_o3.agent.trajectory import Status, Trajectory
 
 
 def episode_config(job: RLJobConfig) -> EpisodeConfig:
@@ -31,7 +31,7 @@ class Rewarder:
         if judge_url:
             if not judge_model:
                 raise ValueError("judge_url needs judge_model (the judge's model name)")
-            from mini_o3.judge import JudgeConfig, LLMJudge
+            from mini_o3.eval.judge import JudgeConfig, LLMJudge
 
             self.judge = LLMJudge(JudgeConfig(base_url=judge_url, model=judge_model, cache_path=cache_path))
 
@@ -43,7 +43,7 @@ class Rewarder:
             return 1.0
         if self.judge is None:
             return 0.0
-        from mini_o3.judge import JudgeError
+        from mini_o3.eval.judge import JudgeError
 
         try:
             return 1.0 if self.judge.judge(trajectory.question, trajectory.ground_truth, trajectory.answer).correct else 0.0

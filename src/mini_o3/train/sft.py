@@ -1,12 +1,12 @@
 """`mini-o3 sft`: TRL's SFTTrainer on multi-turn zoom trajectories, loss on the model's own tokens.
 
-The data are the cold-start conversations (`mini_o3.sft_data`: JSONL rows {"messages",
+The data are the cold-start conversations (`mini_o3.coldstart.sft_files`: JSONL rows {"messages",
 "images"}). Each row is encoded by `train.tokenize.ConversationEncoder`, the same code that
 builds RL sequences, so SFT and RL agree token for token on what a conversation is: the
 labels are the input ids on assistant texts and their `<|im_end|>`, and -100 on the system
 prompt, the question, the image pads and every observation and error turn. The vision tower
 and projector are frozen by default. Checkpoints carry the tokenizer and image processor, so
-each one loads with `mini_o3.tiny.load_checkpoint` / `LocalPolicy`, and a rerun resumes from
+each one loads with `mini_o3.models.tiny.load_checkpoint` / `LocalPolicy`, and a rerun resumes from
 the last one.
 """
 
@@ -41,7 +41,7 @@ def rows_dataset(rows: Sequence[dict[str, Any]]) -> Any:
 
 def load_rows(folder: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
     """The SFT conversations of a dataset folder (`sft_data`'s messages.jsonl), image paths absolute."""
-    from mini_o3.sft_data import read_sft_rows
+    from mini_o3.coldstart.sft_files import read_sft_rows
 
     rows = []
     for row in read_sft_rows(folder):
@@ -114,7 +114,7 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 
 def _load_model(path: str, bf16: bool) -> tuple[Any, Any, Any]:
-    from mini_o3.tiny import load_checkpoint
+    from mini_o3.models.tiny import load_checkpoint
 
     return load_checkpoint(path, device="cpu", dtype=torch.bfloat16 if bf16 else torch.float32)
 
@@ -123,7 +123,7 @@ def run_sft(config: SFTJobConfig) -> Path:
     """Fine-tune `config.model_path` on `config.data`; return the final checkpoint's folder."""
     from trl import SFTConfig, SFTTrainer
 
-    from mini_o3.tiny import build_processor
+    from mini_o3.models.tiny import build_processor
 
     for name in ("data", "model_path", "output_dir"):
         if not getattr(config, name):

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mini_o3 import protocol
+from mini_o3.agent import protocol
 from mini_o3.policies.local import END_TOKENS, PromptEncoder
 
 IMAGE_PAD = "<|image_pad|>"
@@ -110,7 +110,7 @@ class ConversationEncoder:
         """Encode a chat conversation for SFT: loss on each assistant text and its `<|im_end|>`.
 
         Image parts are taken in order from `images` when given, else from the parts' own
-        "image" values (PIL images or `mini_o3.env.View`s). `with_pixels=False` skips the image
+        "image" values (PIL images or `mini_o3.agent.env.View`s). `with_pixels=False` skips the image
         processor (lengths only).
         """
         return self._encode(messages, images, assistant_turns=None, with_pixels=with_pixels)
@@ -269,10 +269,10 @@ def _pil(image: Any) -> Any:
     if isinstance(shown, Image.Image):
         return shown
     if isinstance(image, (str, Path)):
-        from mini_o3.images import open_image
+        from mini_o3.agent.images import open_image
 
         return open_image(image)
-    raise TypeError(f"an image must be a PIL image, a mini_o3.env.View or a path, got {type(image).__name__}")
+    raise TypeError(f"an image must be a PIL image, a mini_o3.agent.env.View or a path, got {type(image).__name__}")
 
 
 def _single_id(tokenizer: Any, token: str) -> int:

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from mini_o3.policies.base import Generation, PolicyError, SamplingParams
+from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
 
 
 class VLLMColocatePolicy:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mini_o3.data.sample import Sample
+from mini_o3.agent.sample import Sample
 
-from mini_o3.protocol import MULTIPLE_CHOICE_INSTRUCTION  # noqa: E402  (re-exported)
+from mini_o3.agent.protocol import MULTIPLE_CHOICE_INSTRUCTION  # noqa: E402  (re-exported)
 """The last line of every multiple-choice question (V* Bench's own wording)."""
 
 CACHE_ENV = "MINI_O3_CACHE"

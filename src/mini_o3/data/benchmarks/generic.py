@@ -21,7 +21,7 @@ from mini_o3.data.benchmarks.common import (
     existing_image,
     multiple_choice_question,
 )
-from mini_o3.data.sample import Sample
+from mini_o3.agent.sample import Sample
 
 
 def iter_generic(path: Path, jsonl: bool | None = None) -> Iterator[Record]:

@@ -26,7 +26,7 @@ from mini_o3.data.benchmarks.common import (
     default_cache_dir,
     multiple_choice_question,
 )
-from mini_o3.data.sample import Sample
+from mini_o3.agent.sample import Sample
 from mini_o3.jsonl import write_atomic
 
 _HR_COLUMNS = ("index", "question", "answer", "image")

@@ -23,7 +23,7 @@ from mini_o3.data.benchmarks.common import (
     parse_choice,
     safe_image_path,
 )
-from mini_o3.data.sample import Sample
+from mini_o3.agent.sample import Sample
 
 
 def iter_mme_realworld(path: Path, image_dir: Path | None = None, source: str = "mme-realworld") -> Iterator[Record]:

@@ -16,8 +16,8 @@ from mini_o3.data.benchmarks.common import (
     build_records,
     existing_image,
 )
-from mini_o3.data.sample import Sample
-from mini_o3.protocol import question_from_problem
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.protocol import question_from_problem
 
 
 def iter_visualprobe(path: Path, image_dir: Path | None = None) -> Iterator[Record]:

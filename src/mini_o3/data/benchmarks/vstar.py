@@ -20,7 +20,7 @@ from mini_o3.data.benchmarks.common import (
     existing_image,
     parse_option_lines,
 )
-from mini_o3.data.sample import Sample
+from mini_o3.agent.sample import Sample
 
 
 def iter_vstar(root: Path) -> Iterator[Record]:

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.data.sample import Sample
-from mini_o3.images import (
+from mini_o3.agent import protocol
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.images import (
     DEFAULT_IMAGE_PIXEL_LIMIT,
     BoxError,
     ResizePolicy,
@@ -26,8 +26,8 @@ from mini_o3.images import (
     resize_for_model,
     zoom_box_in_original,
 )
-from mini_o3.policies.base import Generation
-from mini_o3.trajectory import Status, Trajectory, TurnRecord, ViewRecord
+from mini_o3.agent.policy import Generation
+from mini_o3.agent.trajectory import Status, Trajectory, TurnRecord, ViewRecord
 
 TokenCounter = Callable[[str], int]
 

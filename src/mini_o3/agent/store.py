@@ -6,9 +6,9 @@ import hashlib
 import re
 from pathlib import Path
 
-from mini_o3.agent import Episode
+from mini_o3.agent.loop import Episode
 from mini_o3.jsonl import JsonlAppender
-from mini_o3.trajectory import Trajectory, read_jsonl
+from mini_o3.agent.trajectory import Trajectory, read_jsonl
 
 
 def safe_name(text: str) -> str:

@@ -1,9 +1,9 @@
 """A run directory's files: their names, what the directory holds (`RUN_LAYOUT`), and readers.
 
-`latest_trajectories` and `read_results` read back what `mini_o3.evaluate.run_eval` wrote
+`latest_trajectories` and `read_results` read back what `mini_o3.eval.runner.run_eval` wrote
 (the report and the demo read runs through them); `RunDirError` is raised for a directory
 that cannot be resumed or read. Reading config.json back into an `EvalConfig`
-(`load_config`) and the resume check stay in `mini_o3.evaluate`, beside `EvalConfig`, so
+(`load_config`) and the resume check stay in `mini_o3.eval.runner`, beside `EvalConfig`, so
 this module does not import that one.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mini_o3.jsonl import JsonlError, iter_numbered
-from mini_o3.trajectory import Trajectory, read_jsonl
+from mini_o3.agent.trajectory import Trajectory, read_jsonl
 
 CONFIG_FILE = "config.json"
 TRAJECTORIES_FILE = "trajectories.jsonl"
@@ -31,8 +31,8 @@ RUN_DIR/
                                    (appended as episodes finish; rewritten to exactly the run's episodes at the end)
   judge_cache.jsonl                judge verdicts keyed by a hash of (rubric, model, question, truth, answer)
   skipped.txt                      bad data records skipped at load time (skip_bad), one reason a line
-  metrics.json                     mini_o3.metrics.summarize over the run's episodes
-  index.html                       the report: metrics tables, plots, trajectory viewer (mini_o3.report)
+  metrics.json                     mini_o3.eval.metrics.summarize over the run's episodes
+  index.html                       the report: metrics tables, plots, trajectory viewer (mini_o3.eval.report)
   report/                          the plots (accuracy_by_budget.png, turn_histogram.png) and boxes/<episode>.jpg
 """
 """What a run directory holds."""

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from mini_o3.data.sample import Sample
-from mini_o3.env import INFERENCE_LIMITS, Limits, TokenCounter, View, ZoomEnv
-from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, ResizePolicy
-from mini_o3.policies.base import Policy, PolicyError, SamplingParams
-from mini_o3.trajectory import Status, Trajectory, TurnRecord
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import INFERENCE_LIMITS, Limits, TokenCounter, View, ZoomEnv
+from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, ResizePolicy
+from mini_o3.agent.policy import Policy, PolicyError, SamplingParams
+from mini_o3.agent.trajectory import Status, Trajectory, TurnRecord
 
 
 @dataclass(frozen=True)

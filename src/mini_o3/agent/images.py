@@ -191,7 +191,7 @@ def as_pil(image: Any) -> Image.Image:
         return shown
     if isinstance(image, (str, PathLike)):
         return load_image(image)
-    raise TypeError(f"an image part must hold a mini_o3.env.View, a PIL image or a path, got {type(image).__name__}")
+    raise TypeError(f"an image part must hold a mini_o3.agent.env.View, a PIL image or a path, got {type(image).__name__}")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -18,10 +18,10 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from mini_o3 import protocol
-from mini_o3.env import approximate_tokens, image_tokens, message_tokens
-from mini_o3.scoring import Score
-from mini_o3.trajectory import Status, Trajectory, TurnRecord
+from mini_o3.agent import protocol
+from mini_o3.agent.env import approximate_tokens, image_tokens, message_tokens
+from mini_o3.eval.scoring import Score
+from mini_o3.agent.trajectory import Status, Trajectory, TurnRecord
 
 STATUSES = tuple(status.value for status in Status)
 
@@ -44,7 +44,7 @@ class EpisodeResult:
     extracted: str | None = None
     """What the scorer read from the answer."""
     matched_by: str = "none"
-    """How the scorer matched it (see mini_o3.scoring.Score)."""
+    """How the scorer matched it (see mini_o3.eval.scoring.Score)."""
     prompt_tokens: list[int | None] = field(default_factory=list)
     """Per turn, the prompt length the engine reported (None when it reported none)."""
     completion_tokens: list[int | None] = field(default_factory=list)

@@ -15,7 +15,7 @@
           ...],
         "images": ["images/<id>/original_image.jpg", "images/<id>/observation_1.jpg", ...]}
 
-   The messages are exactly `Trajectory.messages()` (mini_o3.protocol's strings, byte for byte),
+   The messages are exactly `Trajectory.messages()` (mini_o3.agent.protocol's strings, byte for byte),
    with image paths relative to the dataset folder; "images" lists the same paths in order. The
    loss goes on the assistant messages only (the trainer's job: observation and error turns
    are user turns).
@@ -52,11 +52,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from PIL import Image
 
-from mini_o3.env import replay_views
-from mini_o3.images import ResizePolicy, encode_image, open_image
+from mini_o3.agent.env import replay_views
+from mini_o3.agent.images import ResizePolicy, encode_image, open_image
 from mini_o3.jsonl import open_atomic
-from mini_o3.store import safe_name
-from mini_o3.trajectory import Trajectory
+from mini_o3.agent.store import safe_name
+from mini_o3.agent.trajectory import Trajectory
 
 MESSAGES_FILE = "messages.jsonl"
 IMAGES_DIR = "images"

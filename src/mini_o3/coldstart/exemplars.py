@@ -35,13 +35,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from mini_o3 import protocol
-from mini_o3.agent import EpisodeConfig
-from mini_o3.data.sample import Sample
-from mini_o3.env import ZoomEnv
-from mini_o3.policies.base import Generation, Policy, SamplingParams
-from mini_o3.scoring import score_answer
-from mini_o3.trajectory import Status, Trajectory
+from mini_o3.agent import protocol
+from mini_o3.agent.loop import EpisodeConfig
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.env import ZoomEnv
+from mini_o3.agent.policy import Generation, Policy, SamplingParams
+from mini_o3.eval.scoring import score_answer
+from mini_o3.agent.trajectory import Status, Trajectory
 
 EXEMPLAR_INTRO = "Here is a solved example of searching a high-resolution image by zooming in step by step.\n"
 """Opens each exemplar's first user turn in an in-context prompt."""

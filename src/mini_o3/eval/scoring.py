@@ -1,7 +1,7 @@
 """Rule-based answer matching: option letters and texts for multiple choice, normalised text and numbers for open answers.
 
 The rules follow shared/reference/benchmarks.md ("Scoring rules"). The policy is deliberately
-conservative: a missed match can be rescued by the optional LLM judge (mini_o3.judge), but a
+conservative: a missed match can be rescued by the optional LLM judge (mini_o3.eval.judge), but a
 false match is invisible in the numbers. What counts:
 
 Multiple choice (`options` given, ground truth a letter or an option's text):
@@ -42,10 +42,10 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from mini_o3.trajectory import Trajectory
+from mini_o3.agent.trajectory import Trajectory
 
 MATCH_KINDS = ("letter", "option_text", "exact", "number", "plural", "none")
-"""What `Score.matched_by` can say; "judge" is added by mini_o3.judge."""
+"""What `Score.matched_by` can say; "judge" is added by mini_o3.eval.judge."""
 
 
 @dataclass(frozen=True)

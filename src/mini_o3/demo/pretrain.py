@@ -4,7 +4,7 @@ The stand-in for Qwen2.5-VL's pre-training. A random 1M-parameter model learns t
 search by SFT, but slowly, and what is slow is seeing: telling a crop that holds the one
 coloured shape from one that holds only grey shapes, and naming the colour. This stage trains
 exactly that on single-answer conversations cut from grid scenes (`mini_o3.data.generate`'s
-grid family), rendered with `mini_o3.protocol` so the chat format and the `<think>` /
+grid family), rendered with `mini_o3.agent.protocol` so the chat format and the `<think>` /
 `<answer>` tags come for free:
 
 - describe: one cell crop, shown as a zoom is (`images.resize_for_model`, NEAREST), and
@@ -50,11 +50,11 @@ from typing import Any, Iterator
 
 import torch
 
-from mini_o3 import protocol
+from mini_o3.agent import protocol
 from mini_o3.data.generate import make_problem
 from mini_o3.data.problems import GridConfig, SynthOptions
 from mini_o3.data.scene import render
-from mini_o3.images import ResizePolicy, resize_for_model
+from mini_o3.agent.images import ResizePolicy, resize_for_model
 
 CONFIG_FILE = "pretrain_config.json"
 LOG_FILE = "pretrain_log.jsonl"
@@ -108,7 +108,7 @@ class PretrainConfig:
     seed: int = 0
     """Seeds the random model and the example stream."""
     model_size: str = "tiny"
-    """`mini_o3.tiny` size built when OUT holds no checkpoint yet."""
+    """`mini_o3.models.tiny` size built when OUT holds no checkpoint yet."""
     grids: tuple[int, ...] = (2, 3, 4)
     """Grid sides drawn per scene (G x G cells)."""
     image_sizes: tuple[int, ...] = (448, 672, 896)
@@ -449,7 +449,7 @@ def evaluate(model: Any, held_out: dict[str, list[Encoded]], pad_id: int, image_
 def run_pretrain(config: PretrainConfig) -> Path:
     """Pretrain (or resume pretraining) the tiny model in config.out; the checkpoint directory."""
     from mini_o3.policies.local import PromptEncoder
-    from mini_o3.tiny import build_tiny, load_checkpoint
+    from mini_o3.models.tiny import build_tiny, load_checkpoint
 
     torch.set_num_threads(config.threads)
     out = Path(config.out)
@@ -548,14 +548,14 @@ def write_card(out: Path, config: PretrainConfig, step: int) -> None:
     last = evals[-1]["exact"] if evals else {}
     flags = " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in asdict(config).items() if k != "out" and v != getattr(PretrainConfig(), k))
     lines = [
-        "# base-tiny: the tiny Qwen2.5-VL after `mini_o3.pretrain`",
+        "# base-tiny: the tiny Qwen2.5-VL after `mini_o3.demo.pretrain`",
         "",
-        "A random tiny Qwen2.5-VL (`mini_o3.tiny`) trained to see the synthetic grid world: whether a",
-        "cell crop holds the coloured shape, and its colour (see `src/mini_o3/pretrain.py`).",
+        "A random tiny Qwen2.5-VL (`mini_o3.models.tiny`) trained to see the synthetic grid world: whether a",
+        "cell crop holds the coloured shape, and its colour (see `src/mini_o3/demo/pretrain.py`).",
         "",
         f"Steps: {step} of {config.steps}. Reproduce (resumes if interrupted):",
         "",
-        f"    python -m mini_o3.pretrain --out {config.out} {flags}".rstrip(),
+        f"    python -m mini_o3.demo.pretrain --out {config.out} {flags}".rstrip(),
         "",
         "Held-out exact accuracy (teacher-forced: greedy decoding writes the whole target) at the last eval:",
         "",
@@ -588,7 +588,7 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mini_o3.pretrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mini_o3.demo.pretrain", description=__doc__.split("\n")[0])
     defaults = PretrainConfig()
     for item in dataclasses.fields(PretrainConfig):
         default = getattr(defaults, item.name)
@@ -615,7 +615,7 @@ def _field_doc(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mini_o3.pretrain --out DIR [settings]`: pretrain or resume."""
+    """`python -m mini_o3.demo.pretrain --out DIR [settings]`: pretrain or resume."""
     args = _parser().parse_args(argv)
     try:
         config = PretrainConfig(**vars(args))

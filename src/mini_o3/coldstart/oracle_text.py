@@ -3,7 +3,7 @@
 Slots: {goal} / {Goal} (what is sought, a definite phrase), {region} (a place in a view), {obs} /
 {Obs} and {parent} / {Parent} ("observation 2", "the original image"), {question}, {answer},
 {letter}, {text} (a multiple-choice option), {row}, {col}, {rows}, {cols}, {cells}, {lookalike},
-{value}. Kept apart from mini_o3.protocol: these are the teacher's thoughts, not the protocol.
+{value}. Kept apart from mini_o3.agent.protocol: these are the teacher's thoughts, not the protocol.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from typing import Any
 
 from transformers import Qwen2_5_VLProcessor
 
-from mini_o3 import protocol
-from mini_o3.policies.base import PolicyError
+from mini_o3.agent import protocol
+from mini_o3.agent.policy import PolicyError
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -425,12 +425,12 @@ def load_checkpoint(
 
 def _check_directory(directory: Path) -> None:
     if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory {directory} does not exist (build one with `python -m mini_o3.tiny {directory}`)")
+        raise CheckpointError(f"checkpoint directory {directory} does not exist (build one with `python -m mini_o3.models.tiny {directory}`)")
     missing = [name for name in ("config.json", "preprocessor_config.json") if not (directory / name).is_file()]
     if missing:
         raise CheckpointError(
             f"checkpoint directory {directory} has no {' or '.join(missing)}; point at a Qwen2.5-VL-class model "
-            "folder (as downloaded from the Hub) or build a tiny one with `python -m mini_o3.tiny DIR`"
+            "folder (as downloaded from the Hub) or build a tiny one with `python -m mini_o3.models.tiny DIR`"
         )
     try:
         model_type = json.loads((directory / "config.json").read_text()).get("model_type")
@@ -470,8 +470,8 @@ def build_processor(tokenizer: Any, image_processor: Any) -> ImageOnlyQwen2_5_VL
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mini_o3.tiny OUT_DIR [--seed N] [--size tiny|small]`."""
-    parser = argparse.ArgumentParser(prog="python -m mini_o3.tiny", description="Build an offline tiny random Qwen2.5-VL checkpoint.")
+    """`python -m mini_o3.models.tiny OUT_DIR [--seed N] [--size tiny|small]`."""
+    parser = argparse.ArgumentParser(prog="python -m mini_o3.models.tiny", description="Build an offline tiny random Qwen2.5-VL checkpoint.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")

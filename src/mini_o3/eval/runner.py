@@ -9,14 +9,14 @@ being saved): running the same command again repairs a torn last line, skips eve
 ended in `error` (a dead server, an unreadable image) are kept and counted; `retry_errors`
 runs them again. When a judge is configured it runs after the episodes, over the finished
 results, with a disk cache, and `rescore(run_dir, judge=...)` re-scores a finished run
-without calling the model again. Metrics come from `mini_o3.metrics.summarize`.
+without calling the model again. Metrics come from `mini_o3.eval.metrics.summarize`.
 
-Where each part lives (every name below is re-exported here, so `from mini_o3.evaluate import ...`
+Where each part lives (every name below is re-exported here, so `from mini_o3.eval.runner import ...`
 works as before):
 
-- `mini_o3.eval_run_dir`: the run directory's file names, `RUN_LAYOUT`, `RunDirError`,
+- `mini_o3.eval.run_dir`: the run directory's file names, `RUN_LAYOUT`, `RunDirError`,
   `latest_trajectories` and `read_results`
-- `mini_o3.eval_scoring`: `result_record`, `rule_score`, `score_run` (rules and the judge),
+- `mini_o3.eval.run_scoring`: `result_record`, `rule_score`, `score_run` (rules and the judge),
   `episode_results` and `summarize_run` (metrics.json)
 - here: `EvalConfig`, `EvalResult`, `load_config` and the resume check, `rescore` and the runner
   (`run_eval`): everything that builds or takes an `EvalConfig`, so neither module above
@@ -38,9 +38,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mini_o3 import __version__
-from mini_o3.agent import Episode, EpisodeConfig, run_episodes
-from mini_o3.data.sample import Sample
-from mini_o3.eval_run_dir import (
+from mini_o3.agent.loop import Episode, EpisodeConfig, run_episodes
+from mini_o3.agent.sample import Sample
+from mini_o3.eval.run_dir import (
     CONFIG_FILE,
     JUDGE_CACHE_FILE,
     METRICS_FILE,
@@ -52,15 +52,15 @@ from mini_o3.eval_run_dir import (
     latest_trajectories,
     read_results,
 )
-from mini_o3.eval_scoring import _write_results, episode_results, result_record, rule_score, score_run, summarize_run
-from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT
+from mini_o3.eval.run_scoring import _write_results, episode_results, result_record, rule_score, score_run, summarize_run
+from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT
 from mini_o3.jsonl import JsonlAppender, repair_tail, write_atomic, write_json
-from mini_o3.judge import JudgeConfig
-from mini_o3.policies.base import Policy
+from mini_o3.eval.judge import JudgeConfig
+from mini_o3.agent.policy import Policy
 from mini_o3.policies.seeded import SeededPolicy
-from mini_o3.scoring import Score
-from mini_o3.store import TrajectoryStore
-from mini_o3.trajectory import Status, Trajectory
+from mini_o3.eval.scoring import Score
+from mini_o3.agent.store import TrajectoryStore
+from mini_o3.agent.trajectory import Status, Trajectory
 
 JUDGE_MODES = ("rescue", "all")
 
@@ -178,7 +178,7 @@ class EvalResult:
 
     run_dir: Path
     metrics: dict[str, Any]
-    """metrics.json: mini_o3.metrics.summarize over every episode of the run."""
+    """metrics.json: mini_o3.eval.metrics.summarize over every episode of the run."""
     episodes: int
     """Episodes the run holds (questions x K)."""
     ran: int
@@ -206,7 +206,7 @@ class EvalResult:
 
 # ---------------------------------------------------------------- run directory files
 
-# The file names and readers are in mini_o3.eval_run_dir; these two build or take an EvalConfig.
+# The file names and readers are in mini_o3.eval.run_dir; these two build or take an EvalConfig.
 
 
 def load_config(run_dir: str | Path) -> EvalConfig:
@@ -241,7 +241,7 @@ def _check_resumable(run_dir: Path, config: EvalConfig) -> None:
         )
 
 
-# The scoring itself is in mini_o3.eval_scoring; these two take an EvalConfig.
+# The scoring itself is in mini_o3.eval.run_scoring; these two take an EvalConfig.
 
 
 def rescore(
@@ -263,7 +263,7 @@ def rescore(
     _write_results(run_dir, records.values())
     summary = summarize_run(run_dir, trajectories, records, config.max_turns)
     if report:
-        from mini_o3.report import write_report
+        from mini_o3.eval.report import write_report
 
         write_report(run_dir, config.report_episodes)
     return summary
@@ -382,7 +382,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
         statuses=statuses,
     )
     if config.report:
-        from mini_o3.report import write_report
+        from mini_o3.eval.report import write_report
 
         write_report(run_dir, config.report_episodes)
     _print_summary(console, result)

@@ -1,7 +1,7 @@
 """A run directory for people: plots, one static HTML page with the metrics and a trajectory viewer, and run comparison.
 
 Rendering never changes numbers: everything shown is read from metrics.json, results.jsonl
-and trajectories.jsonl as `mini_o3.evaluate` wrote them. The page is static (no JavaScript
+and trajectories.jsonl as `mini_o3.eval.runner` wrote them. The page is static (no JavaScript
 at all, and a Content-Security-Policy that forbids scripts), and every piece of model or
 dataset text is HTML-escaped, so a thought holding `<script>` shows as text and never runs.
 Plots are drawn with matplotlib's Agg canvas directly, leaving pyplot's global state alone.
@@ -21,12 +21,12 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from mini_o3.draw import draw_zoom_boxes
-from mini_o3.evaluate import CONFIG_FILE, METRICS_FILE, RunDirError, latest_trajectories, read_results
+from mini_o3.eval.draw import draw_zoom_boxes
+from mini_o3.eval.runner import CONFIG_FILE, METRICS_FILE, RunDirError, latest_trajectories, read_results
 from mini_o3.jsonl import write_atomic
-from mini_o3.images import ImageLoadError, open_image
-from mini_o3.store import safe_name
-from mini_o3.trajectory import Trajectory, ViewRecord
+from mini_o3.agent.images import ImageLoadError, open_image
+from mini_o3.agent.store import safe_name
+from mini_o3.agent.trajectory import Trajectory, ViewRecord
 
 REPORT_DIR = "report"
 INDEX_FILE = "index.html"

@@ -25,7 +25,7 @@ import httpx
 
 from mini_o3.jsonl import JsonlAppender, JsonlError, iter_numbered
 from mini_o3.policies.http import normalize_base_url
-from mini_o3.scoring import Score
+from mini_o3.eval.scoring import Score
 
 RUBRIC_VERSION = "1"
 """Part of every cache key: change it when the rubric's wording changes."""
@@ -96,7 +96,7 @@ class Verdict:
     """True when the verdict came from the cache, without a request."""
 
     def as_score(self, extracted: str | None) -> Score:
-        """This verdict as a `mini_o3.scoring.Score`, so results hold one kind of score."""
+        """This verdict as a `mini_o3.eval.scoring.Score`, so results hold one kind of score."""
         return Score(self.correct, extracted, "judge", f"the LLM judge replied {self.raw.strip()[-80:]!r}")
 
 

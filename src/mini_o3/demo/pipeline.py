@@ -27,7 +27,7 @@ from mini_o3.jsonl import write_json
 
 console = Console()
 
-BASE_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "base-tiny"
+BASE_CHECKPOINT = Path(__file__).resolve().parents[3] / "checkpoints" / "base-tiny"
 """The committed base model (`mini-o3 pretrain`): a tiny Qwen2.5-VL that already sees the grid world."""
 
 
@@ -145,7 +145,7 @@ class Stages:
 
 
 def _resize(config: DemoConfig):
-    from mini_o3.images import ResizePolicy
+    from mini_o3.agent.images import ResizePolicy
 
     return ResizePolicy(max_pixels=config.view_pixels, min_pixels=min(config.view_pixels, 56 * 56))
 
@@ -233,7 +233,7 @@ def adopt_sft(config: DemoConfig, root: Path) -> None:
 
 
 def _stage_base(config: DemoConfig, folder: Path) -> dict[str, Any]:
-    from mini_o3.tiny import build_tiny
+    from mini_o3.models.tiny import build_tiny
 
     source = Path(config.base) if config.base else BASE_CHECKPOINT
     target = folder / "model"
@@ -258,8 +258,8 @@ def _stage_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
 
 
 def _stage_collect(config: DemoConfig, folder: Path, train: str) -> dict[str, Any]:
-    from mini_o3.collect import CollectConfig, collect
-    from mini_o3.policies.oracle import PatternMix
+    from mini_o3.coldstart.collect import CollectConfig, collect
+    from mini_o3.coldstart.oracle import PatternMix
 
     report = collect(
         CollectConfig(
@@ -314,8 +314,8 @@ def _stage_rl(config: DemoConfig, folder: Path, train: str, model: str, overturn
 
 
 def _stage_eval(config: DemoConfig, folder: Path, test: str, model: str | None) -> dict[str, Any]:
-    from mini_o3.evaluate import EvalConfig, run_eval
-    from mini_o3.policies.oracle import OraclePolicy
+    from mini_o3.eval.runner import EvalConfig, run_eval
+    from mini_o3.coldstart.oracle import OraclePolicy
 
     if model is None:
         policy: Any = OraclePolicy(seed=config.seed, max_turns=config.eval_turns, resize=_resize(config), grid_wording="terse")
@@ -360,8 +360,8 @@ def levels_by_sample(config: DemoConfig, test: str) -> dict[str, str]:
 
 def model_row(config: DemoConfig, run_dir: str | Path, levels: dict[str, str]) -> dict[str, Any]:
     """Accuracy overall and per level at every budget, statuses and turns, for one evaluated model."""
-    from mini_o3 import metrics
-    from mini_o3.evaluate import episode_results, latest_trajectories, read_results
+    from mini_o3.eval import metrics
+    from mini_o3.eval.runner import episode_results, latest_trajectories, read_results
 
     results = episode_results(latest_trajectories(run_dir), read_results(run_dir))
     correct_turns = [result.num_turns for result in results if result.correct]

@@ -3,8 +3,8 @@
 Every episode gets a rule score; with a judge configured, the judge is asked (once per
 distinct question, truth and answer, with a disk cache in the run directory) where the rules
 say wrong ("rescue") or on every answer ("all"). `result_record` is one results.jsonl line,
-`summarize_run` writes metrics.json. `mini_o3.evaluate.run_eval` scores as episodes finish
-and after the run; `mini_o3.evaluate.rescore` scores a finished run again.
+`summarize_run` writes metrics.json. `mini_o3.eval.runner.run_eval` scores as episodes finish
+and after the run; `mini_o3.eval.runner.rescore` scores a finished run again.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 
 from rich.console import Console
 
-from mini_o3.eval_run_dir import JUDGE_CACHE_FILE, METRICS_FILE, RESULTS_FILE
+from mini_o3.eval.run_dir import JUDGE_CACHE_FILE, METRICS_FILE, RESULTS_FILE
 from mini_o3.jsonl import write_atomic, write_json
-from mini_o3.judge import JudgeConfig, JudgeError, LLMJudge
-from mini_o3.scoring import Score, score_trajectory
-from mini_o3.trajectory import Trajectory
+from mini_o3.eval.judge import JudgeConfig, JudgeError, LLMJudge
+from mini_o3.eval.scoring import Score, score_trajectory
+from mini_o3.agent.trajectory import Trajectory
 
 
 def result_record(trajectory: Trajectory, rule: Score, judge: Score | None = None, judge_error: str | None = None, judge_mode: str = "rescue") -> dict[str, Any]:
@@ -127,8 +127,8 @@ def _write_results(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def episode_results(trajectories: dict[tuple[str, int], Trajectory], records: dict[tuple[str, int], dict[str, Any]]) -> list[Any]:
-    """A run's scored episodes as mini_o3.metrics.EpisodeResult (`latest_trajectories` and `read_results` give the inputs)."""
-    from mini_o3.metrics import EpisodeResult
+    """A run's scored episodes as mini_o3.eval.metrics.EpisodeResult (`latest_trajectories` and `read_results` give the inputs)."""
+    from mini_o3.eval.metrics import EpisodeResult
 
     return [EpisodeResult.from_trajectory(trajectories[key], Score.from_dict(records[key]["score"]), key[1]) for key in trajectories]
 
@@ -139,8 +139,8 @@ def summarize_run(
     records: dict[tuple[str, int], dict[str, Any]],
     max_turns: int,
 ) -> dict[str, Any]:
-    """mini_o3.metrics.summarize over a run's episodes, written to metrics.json."""
-    from mini_o3 import metrics
+    """mini_o3.eval.metrics.summarize over a run's episodes, written to metrics.json."""
+    from mini_o3.eval import metrics
 
     summary = metrics.summarize(episode_results(trajectories, records), max_turns)
     write_json(Path(run_dir) / METRICS_FILE, summary)

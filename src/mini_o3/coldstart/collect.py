@@ -3,9 +3,9 @@
 The paper's recipe (shared/reference/mini-o3.md section 7), iterated in rounds:
 
 1. Each round runs `attempts_per_round` episodes of every question that still has fewer than
-   `per_question` accepted trajectories, with `mini_o3.agent.run_episodes`.
+   `per_question` accepted trajectories, with `mini_o3.agent.loop.run_episodes`.
 2. An API or local model is prompted in context with `exemplars_per_prompt` multi-turn
-   exemplars (`mini_o3.exemplars.ExemplarPolicy`: earlier turns of the same chat, after the
+   exemplars (`mini_o3.coldstart.exemplars.ExemplarPolicy`: earlier turns of the same chat, after the
    system prompt, with their images); the oracle needs none. The environment never sees them:
    the saved trajectory is the plain protocol conversation, what SFT trains on.
 3. Every episode is streamed to `OUT/rounds/round_NNN/trajectories.jsonl` as it finishes
@@ -18,7 +18,7 @@ The paper's recipe (shared/reference/mini-o3.md section 7), iterated in rounds:
    rejected, and counted by reason, are episodes that failed (`error`), that hold a
    malformed action, an error turn, a turn without `<think>...</think>` or a turn cut by the
    token limit (`format_error`), that ended without an answer (`no_answer`, `over_turn`,
-   `over_context`), whose answer scores wrong (`wrong`, `mini_o3.scoring.score_answer`),
+   `over_context`), whose answer scores wrong (`wrong`, `mini_o3.eval.scoring.score_answer`),
    that repeat an accepted trajectory's action sequence for the same question
    (`duplicate`), that come after the question already has `per_question` (`over_cap`),
    and one-turn trajectories beyond `max_one_turn_share` of the dataset's target size
@@ -27,11 +27,11 @@ The paper's recipe (shared/reference/mini-o3.md section 7), iterated in rounds:
 5. With `add_accepted_to_exemplars`, after each round up to `exemplars_added_per_round`
    accepted trajectories (most turns and patterns first) join the exemplar pool of later
    rounds; an exemplar is never shown for its own question.
-6. At the end: `OUT/accepted.jsonl` (trajectories), `OUT/sft/` (mini_o3.sft_data: chat
+6. At the end: `OUT/accepted.jsonl` (trajectories), `OUT/sft/` (mini_o3.coldstart.sft_files: chat
    messages + images, and the Mini-o3 cold-start parquet), `OUT/stats.json` (acceptance per
    round, rejections by reason, turns histogram, pattern mix) and `OUT/config.json`.
 
-Patterns are read off each trajectory by `mini_o3.exemplars.classify_patterns`; the oracle's own
+Patterns are read off each trajectory by `mini_o3.coldstart.exemplars.classify_patterns`; the oracle's own
 plan pattern is saved as meta.oracle_pattern.
 """
 
@@ -45,19 +45,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mini_o3 import protocol
-from mini_o3.agent import Episode, EpisodeConfig, run_episodes
-from mini_o3.data.sample import Sample
-from mini_o3.images import DEFAULT_IMAGE_PIXEL_LIMIT, ResizePolicy
-from mini_o3.exemplars import Exemplar, ExemplarPolicy, classify_patterns, format_problems, load_exemplars
+from mini_o3.agent import protocol
+from mini_o3.agent.loop import Episode, EpisodeConfig, run_episodes
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ResizePolicy
+from mini_o3.coldstart.exemplars import Exemplar, ExemplarPolicy, classify_patterns, format_problems, load_exemplars
 from mini_o3.jsonl import repair_tail, write_json
-from mini_o3.policies.base import Policy
-from mini_o3.policies.oracle import OraclePolicy, PatternMix
+from mini_o3.agent.policy import Policy
+from mini_o3.coldstart.oracle import OraclePolicy, PatternMix
 from mini_o3.policies.seeded import SeededPolicy
-from mini_o3.scoring import score_answer
-from mini_o3.sft_data import SftExample, SftFiles, trajectory_images, write_sft_dataset
-from mini_o3.store import TrajectoryStore
-from mini_o3.trajectory import Status, Trajectory, write_jsonl
+from mini_o3.eval.scoring import score_answer
+from mini_o3.coldstart.sft_files import SftExample, SftFiles, trajectory_images, write_sft_dataset
+from mini_o3.agent.store import TrajectoryStore
+from mini_o3.agent.trajectory import Status, Trajectory, write_jsonl
 
 POLICY_KINDS = ("api", "local", "oracle")
 REJECTION_REASONS = (

@@ -47,12 +47,13 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from mini_o3 import protocol
-from mini_o3.data.sample import Sample
-from mini_o3.images import PixelBox, ResizePolicy, target_size, zoom_box_in_original
-from mini_o3.policies import oracle_text as text
-from mini_o3.policies.base import Generation, PolicyError, SamplingParams
+from mini_o3.agent import protocol
+from mini_o3.agent.sample import Sample
+from mini_o3.agent.images import PixelBox, ResizePolicy, target_size, zoom_box_in_original
+from mini_o3.coldstart import oracle_text as text
+from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
 from mini_o3.policies.scripted import assistant_turns, count_prompt_tokens
+from mini_o3.eval.scoring import score_answer
 
 PATTERNS = ("direct", "depth_first", "trial_and_error", "goal_maintenance")
 """The oracle's search patterns; the last three are Mini-o3's."""
@@ -184,7 +185,7 @@ class OraclePolicy:
 
     def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams = SamplingParams()) -> Generation:
         """Refuse: the oracle must be bound to a sample first (the agent does it)."""
-        raise PolicyError("OraclePolicy needs the sample's ground truth: call bind(sample) (mini_o3.agent does) before generate")
+        raise PolicyError("OraclePolicy needs the sample's ground truth: call bind(sample) (mini_o3.agent.loop does) before generate")
 
 
 class BoundOracle:
@@ -238,8 +239,6 @@ def oracle_answer(sample: Sample) -> str:
     """The answer the oracle writes: the right option's letter for multiple choice, else the ground truth."""
     if not sample.options:
         return sample.answer.strip()
-    from mini_o3.scoring import score_answer
-
     for letter in sample.options:
         if score_answer(letter, sample.answer, sample.options).correct:
             return letter

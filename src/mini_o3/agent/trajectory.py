@@ -8,7 +8,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from mini_o3 import protocol
+from mini_o3.agent import protocol
 from mini_o3.jsonl import JsonlAppender, iter_records, write_atomic
 
 

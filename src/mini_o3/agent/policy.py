@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from mini_o3.protocol import STOP_STRING
+from mini_o3.agent.protocol import STOP_STRING
 
 
 class PolicyError(RuntimeError):
@@ -48,8 +48,8 @@ class SamplingParams:
 class Policy(Protocol):
     """Anything that writes the next assistant turn of a Mini-o3 conversation.
 
-    `messages` are chat messages as `mini_o3.protocol` builds them: content parts of type
-    "text" and "image", where an image part's "image" is a `mini_o3.env.View` (with `.image`,
+    `messages` are chat messages as `mini_o3.agent.protocol` builds them: content parts of type
+    "text" and "image", where an image part's "image" is a `mini_o3.agent.env.View` (with `.image`,
     the resized PIL image the model sees, and `.data_url()`), or a PIL image. Policies must be
     safe to call from many threads at once; batching policies gather concurrent calls.
     """

@@ -5,7 +5,8 @@ over-turn masking (with `ablation`, RL each way, repeated) -> evaluate chance, t
 (the ceiling), the starting model, SFT and every RL model at every turn budget, overall and
 per level, Avg@K at temperature 1 as the paper -> one report (index.html, summary.json,
 summary.md). Each stage writes `<stage>/stage.json` when it finishes; running again skips
-finished stages. The demo world is the grid scan of `mini_o3.data.synth` (level "grid"): one
+finished stages. On the console a stage shows one progress line and one line of outcome;
+what it prints besides (job configs, summaries, library warnings) goes to `<stage>/stage.log`. The demo world is the grid scan of `mini_o3.data.synth` (level "grid"): one
 coloured shape hidden in one of G x G cells, small in the first view and large once its cell
 is zoomed. Levels follow the target's cell in reading order against the RL turn limit: hard
 targets need more turns than RL trains with, which is where over-turn masking matters.

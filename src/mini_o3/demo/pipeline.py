@@ -6,7 +6,8 @@ over-turn masking (with `ablation`, RL each way, repeated) -> evaluate chance, t
 per level, Avg@K at temperature 1 as the paper -> one report (index.html, summary.json,
 summary.md). Each stage writes `<stage>/stage.json` when it finishes; running again skips
 finished stages. On the console a stage shows one progress line and one line of outcome;
-what it prints besides (job configs, summaries, library warnings) goes to `<stage>/stage.log`. The demo world is the grid scan of `mini_o3.data.synth` (level "grid"): one
+what it prints besides (job configs, summaries, library warnings) goes to `<stage>/stage.log`.
+The demo world is the grid scan of `mini_o3.data.synth` (level "grid"): one
 coloured shape hidden in one of G x G cells, small in the first view and large once its cell
 is zoomed. Levels follow the target's cell in reading order against the RL turn limit: hard
 targets need more turns than RL trains with, which is where over-turn masking matters.
@@ -158,7 +159,7 @@ class Stages:
             with stage_output(folder / STAGE_LOG):
                 result = work(folder)
         except BaseException:
-            self.console.print(f"[red]{name} failed[/red]; what it printed: {folder / STAGE_LOG}")
+            self.console.print(f"[red]{name} did not finish[/red]; what it printed: {folder / STAGE_LOG}")
             raise
         seconds = time.perf_counter() - start
         write_json(marker, {"seconds": seconds, "result": result})

@@ -7,6 +7,7 @@ import html
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,38 @@ def test_another_seed_makes_other_scenes_and_train_never_meets_test(tmp_path: Pa
     for seed in (0, 1):
         assert not sets[seed][0] & sets[seed][1]
     assert not sets[0][1] & sets[1][1] and not sets[0][0] & sets[1][0]
+
+
+def test_a_stage_shows_one_line_and_keeps_what_it_printed_in_its_log(tmp_path: Path, capsys) -> None:
+    import logging
+    import warnings
+
+    from mini_o3.demo.pipeline import STAGE_LOG, Stages
+
+    shown = io.StringIO()
+    stages = Stages(tmp_path, Console(file=shown, width=200))
+
+    def work(folder: Path) -> dict:
+        print("SFT job configuration: {...}")
+        warnings.warn("a deprecated argument", FutureWarning)
+        logging.getLogger("transformers.trainer").warning("a library record")
+        return {"steps": 3}
+
+    assert stages.run("sft", work, lambda result: f"{result['steps']} steps") == {"steps": 3}
+    assert re.fullmatch(r"✓ sft \(\d+ s\): 3 steps\n", shown.getvalue())
+    log = (tmp_path / "sft" / STAGE_LOG).read_text()
+    assert "SFT job configuration" in log and "FutureWarning: a deprecated argument" in log and "a library record" in log
+    assert capsys.readouterr().err == ""
+
+    assert stages.run("sft", work) == {"steps": 3}  # done: not run again
+    assert re.fullmatch(r"sft: done before \(\d+ s\), skipped", shown.getvalue().splitlines()[-1])
+
+    def broken(folder: Path) -> dict:
+        print("what went on before")
+        raise RuntimeError("no such file")
+
+    with pytest.raises(RuntimeError, match="no such file"):
+        stages.run("rl", broken)
+    assert shown.getvalue().splitlines()[-1] == f"rl did not finish; what it printed: {tmp_path / 'rl' / STAGE_LOG}"
+    assert "what went on before" in (tmp_path / "rl" / STAGE_LOG).read_text()
+    assert not (tmp_path / "rl" / "stage.json").exists()

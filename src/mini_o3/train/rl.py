@@ -480,21 +480,26 @@ def run_rl(
             if path.exists():
                 path.unlink()
     with library_noise_to(out / LIBRARY_LOG):
-        trainer = build_trainer(job, samples, rollout_policy)
-        line = show_progress(trainer, "RL", RL_FIGURES, console, job.optimizer_steps_per_rl_step())
-        started = time.perf_counter()
-        try:
-            trainer.train(resume_from_checkpoint=resume)
-        finally:
-            line.close()
-            trainer.close()
-        final = out / FINAL_DIR
-        trainer.save_model(str(final))
-        if trainer.is_world_process_zero():
-            trainer.mini_tokenizer.save_pretrained(final)
-            trainer.image_processor.save_pretrained(final)
-            plot_learning_curve(out / LOG_FILE, out / CURVE_FILE, CURVE_SERIES, "GRPO with over-turn masking" if job.overturn_mask else "GRPO, no over-turn masking")
-            print(f"RL done in {time.perf_counter() - started:.1f} s; final checkpoint: {final}", flush=True)
+        return _train(job, samples, rollout_policy, resume, console)
+
+
+def _train(job: RLJobConfig, samples: Sequence[Sample] | None, rollout_policy: Policy | None, resume: str | None, console: Console | None) -> Path:
+    out = Path(job.output_dir)
+    trainer = build_trainer(job, samples, rollout_policy)
+    line = show_progress(trainer, "RL", RL_FIGURES, console, job.optimizer_steps_per_rl_step())
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        line.close()
+        trainer.close()
+    final = out / FINAL_DIR
+    trainer.save_model(str(final))
+    if trainer.is_world_process_zero():
+        trainer.mini_tokenizer.save_pretrained(final)
+        trainer.image_processor.save_pretrained(final)
+        plot_learning_curve(out / LOG_FILE, out / CURVE_FILE, CURVE_SERIES, "GRPO with over-turn masking" if job.overturn_mask else "GRPO, no over-turn masking")
+        print(f"RL done in {time.perf_counter() - started:.1f} s; final checkpoint: {final}", flush=True)
     return final
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from mini_o3.agent import protocol
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.env import Limits, ZoomEnv
-from mini_o3.agent.policy import Generation, Policy, PolicyError, SamplingParams
+from mini_o3.agent.policy import Policy, PolicyError, SamplingParams
 from conftest import Recorder
 from mini_o3.policies.http import HttpPolicy, _generation_from_reply, normalize_base_url
 from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy
@@ -134,30 +134,27 @@ def test_a_wrong_key_fails_at_once_naming_the_variable_not_the_key(serve, monkey
 
 
 def test_an_unexpected_error_mid_request_leaves_no_request_counted_in_flight(serve):
-    class Interrupted(HttpPolicy):
-        """Fails inside the request the way a bug or a Ctrl-C would: not with a transport error."""
-
-        def _post(self, endpoint, path, body):
-            if self.interrupt:
-                raise RuntimeError("interrupted mid-request")
-            return super()._post(endpoint, path, body)
-
     _, first = serve(EchoPolicy())
     _, second = serve(EchoPolicy())
-    policy = Interrupted([first, second], "m")
-    policy.interrupt = True
+    policy = HttpPolicy([first, second], "m")
+    client = policy._client
+
+    def interrupted(*args, **kwargs):
+        raise RuntimeError("interrupted mid-request")  # as a bug or a Ctrl-C would: not a transport error
+
+    client._request = interrupted
     for _ in range(3):
         with pytest.raises(RuntimeError, match="interrupted"):
             policy.generate(_env(_image()).messages())
-    assert [endpoint.in_flight for endpoint in policy._endpoints] == [0, 0]
-    policy.interrupt = False
+    assert [endpoint.in_flight for endpoint in client._endpoints] == [0, 0]
+    del client._request
     replies = [policy.generate(_env(_image()).messages()).extra["endpoint"] for _ in range(4)]
     assert sorted(replies) == sorted(policy.base_urls * 2)  # both still chosen: neither looks busy
 
 
 def test_an_api_key_with_a_control_character_is_refused_without_showing_it(monkeypatch):
     monkeypatch.setenv("MINI_O3_TEST_KEY", FAKE_KEY + "\n")
-    assert HttpPolicy("http://127.0.0.1:9/v1", "m", api_key_env="MINI_O3_TEST_KEY")._api_key == FAKE_KEY  # trailing newline trimmed
+    assert HttpPolicy("http://127.0.0.1:9/v1", "m", api_key_env="MINI_O3_TEST_KEY")._client._secret == FAKE_KEY  # trailing newline trimmed
     monkeypatch.setenv("MINI_O3_TEST_KEY", FAKE_KEY[:5] + "\r\nX-Injected: 1")
     with pytest.raises(ValueError, match=r"\$MINI_O3_TEST_KEY contains a control character") as error:
         HttpPolicy("http://127.0.0.1:9/v1", "m", api_key_env="MINI_O3_TEST_KEY")

@@ -315,16 +315,20 @@ def serve(
     model_path: Path = typer.Option(..., help="A local Qwen2.5-VL-class checkpoint directory to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    name: str = typer.Option("mini-o3", help="The model name the server reports."),
-    api_key_env: Optional[str] = typer.Option(None, help="Require the key in this environment variable from clients."),
+    name: str = typer.Option("mini-o3", help="The model name the server serves (other names get 404, as from vLLM)."),
+    api_key_env: Optional[str] = typer.Option(None, help="Require the key in this environment variable from clients (it must be set)."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a key on an address other than loopback."),
 ) -> None:
     """Serve a local checkpoint as an OpenAI-compatible chat-completions server."""
-    import os
+    from mini_o3.serve import serve_forever, server_api_key
 
+    try:
+        api_key = server_api_key(api_key_env, no_auth, host)
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(2)
     from mini_o3.policies.local import LocalPolicy
-    from mini_o3.serve import serve_forever
 
-    api_key = os.environ.get(api_key_env) if api_key_env else None
     serve_forever(LocalPolicy(model_path), host=host, port=port, model=name, api_key=api_key)
 
 

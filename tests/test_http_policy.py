@@ -6,7 +6,9 @@ import logging
 import socket
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
@@ -283,3 +285,77 @@ def test_bad_arguments_are_refused():
         HttpPolicy("http://h:1", "m", image_format="WEBP")
     with pytest.raises(ValueError, match="at least one"):
         HttpPolicy([], "m")
+
+
+class _Proxy(ThreadingHTTPServer):
+    """A forward proxy on loopback that records what it is asked: it relays plain HTTP and refuses CONNECT."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.seen: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Proxy
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_CONNECT(self) -> None:  # noqa: N802 (the stdlib's name)
+        self.server.seen.append(f"CONNECT {self.path}")
+        self.send_response(403, "tunnels refused here")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _relay(self) -> None:
+        self.server.seen.append(f"{self.command} {self.path}")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+        request = urllib.request.Request(self.path, data=body, method=self.command, headers={"Content-Type": "application/json"})
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10) as response:
+            status, payload = response.status, response.read()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _relay
+
+
+@pytest.fixture
+def proxy():
+    server = _Proxy()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_proxy_from_the_environment_carries_the_requests(serve, proxy, monkeypatch):
+    _, url = serve(EchoPolicy())
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    policy = HttpPolicy(url, "m")
+    assert policy.generate(_env(_image(), "hello").messages()).text.endswith("<answer>hello</answer>")
+    assert proxy.seen == [f"POST {url}/chat/completions"]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    HttpPolicy(url, "m").generate(_env(_image(), "direct").messages())
+    assert len(proxy.seen) == 1  # NO_PROXY: straight to the server
+
+
+def test_https_proxy_from_the_environment_is_asked_for_a_tunnel(proxy, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    policy = HttpPolicy("https://api.example.invalid/v1", "m", max_retries=0)
+    with pytest.raises(PolicyError, match="proxy"):
+        policy.generate([{"role": "user", "content": "hi"}])
+    assert proxy.seen == ["CONNECT api.example.invalid:443"]

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
 import pytest
+from PIL import Image
 
 from mini_o3.agent import protocol
 from mini_o3.agent.env import Limits
@@ -159,8 +160,6 @@ def test_whitespace_at_the_edges_survives_vllm_and_is_what_transformers_serve_st
 
 
 def test_the_history_sent_back_holds_the_thoughts(third_party, tmp_path):
-    from PIL import Image
-
     def model(messages: list[dict[str, Any]]) -> tuple[str, str]:
         turn = sum(message["role"] == "assistant" for message in messages)
         return (f"<think>turn {turn}</think>" + GROUNDING, "stop") if turn < 2 else ("<think>done</think><answer>red</answer>", "stop")
@@ -195,3 +194,26 @@ def test_requests_in_flight_when_the_field_is_refused_are_all_retried_without_it
     assert caplog.text.count("no longer sending it") == 1
     policy.generate([{"role": "user", "content": "q"}])
     assert "include_stop_str_in_output" not in server.bodies[-1]  # later requests leave it out
+
+
+def test_a_lowered_context_ends_long_episodes_as_over_context_not_as_errors(serve, tmp_path):
+    from typer.testing import CliRunner
+
+    from mini_o3.cli import app
+    from mini_o3.policies.scripted import ScriptedPolicy
+
+    forever = "<think>closer</think>" + GROUNDING
+    _, url = serve(ScriptedPolicy(lambda messages: forever), max_model_len=6000)
+    image = Image.new("RGB", (400, 300), "white")
+    sample = Sample(id="s", image=image, question="q", answer="red")
+    sampling = SamplingParams(max_new_tokens=1024)
+    policy = HttpPolicy(url, "m")
+    died = run_episode(policy, sample, EpisodeConfig(limits=Limits(max_turns=32), sampling=sampling)).trajectory
+    assert died.status.value == "error" and "maximum context length is 6000" in (died.error or "")
+    fitted = run_episode(policy, sample, EpisodeConfig(limits=Limits(max_turns=32, max_context_tokens=6000), sampling=sampling)).trajectory
+    assert fitted.status.value == "over_context" and fitted.num_zooms >= 2
+    image.save(tmp_path / "scene.png")
+    args = ["search", str(tmp_path / "scene.png"), "q", "--api", url, "--model", "m", "--max-new-tokens", "1024", "--out", str(tmp_path / "out")]
+    assert "status: over_context" in CliRunner().invoke(app, args + ["--max-context", "6000"]).output
+    assert "status: error" in CliRunner().invoke(app, args).output
+    assert CliRunner().invoke(app, args + ["--max-context", "1500"]).exit_code == 2

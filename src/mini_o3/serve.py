@@ -71,6 +71,8 @@ class ServeOptions:
     """Close a keep-alive connection idle for this long."""
     strict_fields: bool = False
     """Refuse request fields outside OpenAI's own (as api.openai.com does), e.g. vLLM's extras."""
+    max_model_len: int | None = None
+    """Refuse with 400, as vLLM's --max-model-len does, a request whose prompt (mini-o3's token estimate) plus max_tokens exceeds this."""
 
 
 class RequestError(ValueError):
@@ -321,6 +323,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError("n must be 1 (send one request per sample)", param="n")
         messages = messages_from_openai(body.get("messages"))
         sampling = sampling_from_request(body)
+        window = self.server.options.max_model_len
+        if window is not None:
+            prompt = count_prompt_tokens(messages)
+            if prompt + sampling.max_new_tokens > window:
+                raise RequestError(
+                    f"'max_tokens' or 'max_completion_tokens' is too large: {sampling.max_new_tokens}. This model's maximum "
+                    f"context length is {window} tokens and your request has {prompt} input tokens.", param="max_tokens",
+                )
         started = time.perf_counter()
         generation = self.server.policy.generate(messages, sampling)
         remaining = self.server.options.delay_s - (time.perf_counter() - started)

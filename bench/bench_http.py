@@ -228,7 +228,12 @@ def main() -> None:
                 continue
             call(episodes[0][0])  # warm-up: imports, first connection
             server_cpu = servers_cpu()
-            wall, cpu, turns, rss_mb = _run(call, episodes, args.repeats)
+            try:
+                wall, cpu, turns, rss_mb = _run(call, episodes, args.repeats)
+            except Exception as error:  # noqa: BLE001 - a shared httpx.Client fails at 256 threads: report it, go on
+                servers_cpu()
+                print(f"{name:14s} {threads:7d} failed: {type(error).__name__}: {error}", flush=True)
+                continue
             server_cpu = servers_cpu() - server_cpu
             ideal = threads / args.delay
             print(f"{name:14s} {threads:7d} {turns:6d} {wall:7.2f} {turns / wall:8.1f} {ideal:7.1f} {turns / wall / ideal:6.2f} "

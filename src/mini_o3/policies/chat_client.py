@@ -160,7 +160,7 @@ class ChatClient:
         backoff_s: float = 0.5,
         max_backoff_s: float = 60.0,
         connect_timeout_s: float = 10.0,
-        max_connections: int = 512,
+        max_connections: int = 4096,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:

@@ -56,7 +56,7 @@ class HttpPolicy:
         max_retries: int = 5,
         backoff_s: float = 0.5,
         image_format: str = "JPEG",
-        max_connections: int = 512,
+        max_connections: int = 4096,
         include_stop_str_in_output: bool = True,
         max_backoff_s: float = 60.0,
         connect_timeout_s: float = 10.0,

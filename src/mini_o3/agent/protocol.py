@@ -194,11 +194,15 @@ _SOURCE_RE = re.compile(r"""["']?source["']?\s*:\s*["']([^"']*)["']""")
 
 
 def extract_answer(text: str) -> str | None:
-    """The text inside the first `<answer>...</answer>`, stripped; None when there is none."""
-    match = _ANSWER_RE.search(text)
-    if match is None:
+    """The text inside the last complete `<answer>...</answer>`, stripped; None when there is none.
+
+    The last, as the released multiple-choice reward reads it (findall, then the final match):
+    a model that changes its mind answers with its final block.
+    """
+    found = _ANSWER_RE.findall(text)
+    if not found:
         return None
-    return match.group(1).strip()
+    return found[-1].strip()
 
 
 def parse_action(text: str) -> Action:

@@ -24,6 +24,13 @@ SYSTEM_PROMPT = (
     "within <answer> and </answer>."
 )
 
+DIRECT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the user's question based on the image provided. "
+    "Output your thinking process within the <think> and </think> tags. Once the final answer "
+    "is confirmed, put it within <answer> and </answer>."
+)
+"""SYSTEM_PROMPT without its zoom sentence: the no-zoom baseline's prompt (one turn, no tool offered)."""
+
 STOP_STRING = "</grounding>"
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 ORIGINAL_SOURCE = "original_image"

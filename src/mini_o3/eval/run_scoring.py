@@ -138,10 +138,11 @@ def summarize_run(
     trajectories: dict[tuple[str, int], Trajectory],
     records: dict[tuple[str, int], dict[str, Any]],
     max_turns: int,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """mini_o3.eval.metrics.summarize over a run's episodes, written to metrics.json."""
+    """mini_o3.eval.metrics.summarize over a run's episodes, with the run's protocol card, written to metrics.json."""
     from mini_o3.eval import metrics
 
-    summary = metrics.summarize(episode_results(trajectories, records), max_turns)
+    summary = {"protocol": card or {}, **metrics.summarize(episode_results(trajectories, records), max_turns)}
     write_json(Path(run_dir) / METRICS_FILE, summary)
     return summary

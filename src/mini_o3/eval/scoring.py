@@ -52,6 +52,9 @@ from typing import Any
 
 from mini_o3.agent.trajectory import Trajectory
 
+RULES_VERSION = "2"
+"""Shown on every run's protocol card; bump it when a rule changes what scores (1: before issue 15's free-credit fixes)."""
+
 MATCH_KINDS = ("letter", "option_text", "exact", "number", "plural", "none")
 """What `Score.matched_by` can say; "judge" is added by mini_o3.eval.judge."""
 

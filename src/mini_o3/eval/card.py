@@ -93,7 +93,12 @@ def model_card(policy: Any) -> dict[str, Any]:
         card.update(model=model, endpoints=list(getattr(inner, "base_urls", []) or []))
     processor = getattr(inner, "image_processor", None)
     if processor is not None:
-        card["processor_pixels"] = {"min": getattr(processor, "min_pixels", None), "max": getattr(processor, "max_pixels", None)}
+        # transformers 5 keeps Qwen's pixel limits in `size` (shortest_edge / longest_edge count pixels, not edges).
+        size = getattr(processor, "size", None)
+        card["processor_pixels"] = {
+            "min": getattr(processor, "min_pixels", None) or getattr(size, "shortest_edge", None),
+            "max": getattr(processor, "max_pixels", None) or getattr(size, "longest_edge", None),
+        }
     settings = getattr(inner, "card", None)
     if callable(settings):
         card.update(settings())

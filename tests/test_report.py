@@ -19,6 +19,7 @@ from mini_o3.policies.scripted import ScriptedPolicy
 from mini_o3.eval.report import (
     ACCURACY_PLOT,
     REPORT_DIR,
+    TOKENS_PLOT,
     TURNS_PLOT,
     compare_runs,
     compare_runs_text,
@@ -97,6 +98,35 @@ def test_report_has_plots_metrics_and_every_turn_crop_and_box(planted_run: Path)
     assert page.count("turn 3</b>") == 6 and "observation_2: [0.0, 0.0, 0.5, 0.5] of observation_1" in page
     with Image.open(planted_run / REPORT_DIR / "boxes" / "q0__r0.jpg") as boxes:
         assert boxes.size == (160, 120)  # drawn on the saved view 0, in its own pixels
+
+
+def test_report_shows_the_protocol_card_and_how_the_policy_searched(planted_run: Path) -> None:
+    page = (planted_run / "index.html").read_text()
+    metrics = json.loads((planted_run / "metrics.json").read_text())
+    card = metrics["protocol"]
+    assert page.index("<h2>Protocol</h2>") < page.index("<h2>Metrics</h2>")
+    for name in ("model", "prompt", "pixels", "K, temperature", "turns, tokens", "scoring", "data", "data sha256", "option order"):
+        assert f"<th>{name}</th>" in page, name
+    assert card["data"]["sha256"][:16] in page and "K=2, temperature 1.0" in page and "shown at most 19,200" in page
+    assert "<th>zooms per episode</th><td>mean 2," in page and "0 of 12 zooms (0.0%) repeat" in page
+    assert "crops on the target" not in page  # the data has no boxes
+    with Image.open(planted_run / REPORT_DIR / TOKENS_PLOT) as image:
+        assert image.format == "PNG" and image.width > 300
+    assert f'src="{REPORT_DIR}/{TOKENS_PLOT}"' in page
+
+
+def test_rotation_and_target_rows_from_hand_built_metrics() -> None:
+    metrics = dict(METRICS, rotation={"cycles": {"0": 1.0, "1": 0.5}, "average": 0.75, "plain": 0.7, "all_rotations": 0.5, "questions": 2,
+                                      "complete_groups": 2, "by_category": {"single": {"0": 1.0, "1": 0.5, "average": 0.75}}},
+                   search={"zooms_per_episode": {"mean": 1.5, "p90": 2, "max": 2}, "zoom_histogram": [1, 0, 1], "zooms": 3, "repeated_zooms": 1,
+                           "repeated_share": 1 / 3, "episodes_with_a_repeat": 0.5, "generated_tokens": {"count": 0},
+                           "target": {"episodes": 2, "zooms": 3, "zooms_on_target": 2, "share_of_zooms": 2 / 3, "episodes_that_found_it": 1.0,
+                                      "accuracy_when_found": 0.5, "accuracy_when_not_found": None}})
+    rows = dict(summary_rows(metrics))
+    assert rows["HR-Bench score (mean over rotations)"] == "75.0% (per rotation 0: 100.0%, 1: 50.0%); plain Avg@K 70.0%"
+    assert rows["right in all rotations"].startswith("50.0% of 2 questions") and rows["HR-Bench single"].startswith("75.0%")
+    assert rows["repeated crops"].startswith("1 of 3 zooms (33.3%)")
+    assert rows["crops on the target"].startswith("2 of 3 zooms (66.7%) hold an annotated target; 100.0% of 2 episodes")
 
 
 def test_all_model_text_is_escaped_and_the_page_holds_no_script(planted_run: Path) -> None:

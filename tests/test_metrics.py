@@ -394,6 +394,11 @@ def test_search_behaviour_has_exact_figures() -> None:
     assert search_behaviour([with_search(answered("c", 0, 1, True, "", ""), 0, 0, None, 4)])["target"] is None
 
 
+def test_a_token_cap_equal_to_what_an_episode_wrote_keeps_it() -> None:
+    exact = [with_search(answered("e", 0, 1, True, "", ""), 0, 0, None, 64)]
+    assert accuracy_by_tokens(exact, [32, 63, 64, 65]) == [0.0, 0.0, 1.0, 1.0]
+
+
 def test_accuracy_by_tokens_reaches_avg_at_k_and_never_falls() -> None:
     curve = accuracy_by_tokens(RESULTS, token_budgets(1000))
     assert curve == sorted(curve) and curve[-1] == avg_at_k(RESULTS)
@@ -442,6 +447,9 @@ def test_rotation_score_with_k_runs_and_uneven_rotations() -> None:
     assert score["all_rotations"] == pytest.approx((1.0 * 0.5 + 0.5) / 2)  # q: 1.0 x 0.5; p has one rotation here
     assert score["complete_groups"] == 1
     assert rotation_score(RESULTS) is None
+    # Right half the time in each of two rotations: one draw of each is right together a quarter of the time.
+    halves = [rotated(f"h{c}", run, c, run == 0, "single", "h") for c in range(2) for run in range(2)]
+    assert rotation_score(halves)["all_rotations"] == 0.25
 
 
 def test_summarize_holds_search_and_rotation() -> None:

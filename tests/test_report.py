@@ -211,3 +211,21 @@ def test_compare_runs_side_by_side(tmp_path: Path) -> None:
     assert any("turns mean" in line and "-1" in line for line in text.splitlines())
     with pytest.raises(ValueError, match="no metrics.json"):
         compare_runs(run_a, tmp_path / "missing")
+
+
+def test_question_changes_split_the_net_change_into_gains_and_losses() -> None:
+    from mini_o3.eval.compare import question_changes
+
+    def records(correct: dict[str, list[bool]]) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(sample, run): {"sample_id": sample, "run": run, "split": "", "ground_truth": "A",
+                                "score": {"correct": right, "extracted": "A" if right else "B"}}
+                for sample, runs in correct.items() for run, right in enumerate(runs)}
+
+    a = records({"same": [True, False], "up": [False, False], "down": [True, True], "right": [True, True], "only_a": [True, True]})
+    b = records({"same": [False, True], "up": [True, False], "down": [False, True], "right": [True, True], "only_b": [False, False]})
+    changes = question_changes(a, b)
+    assert [change.sample_id for change in changes["gained"]] == ["up"]
+    assert [change.sample_id for change in changes["lost"]] == ["down"]
+    assert (changes["common"], changes["only_a"], changes["only_b"], changes["both_right"], changes["same_partly"]) == (4, 1, 1, 1, 1)
+    assert changes["gain_pp"] == 12.5 and changes["loss_pp"] == -12.5  # +0.5 and -0.5 over four questions
+    assert changes["gained"][0].answers_a == "B x2" and changes["gained"][0].answers_b == "A, B"

@@ -8,6 +8,10 @@ budget, so a run with budget k is the same conversation as the first k turns of 
 larger budget, ending as over_turn if turn k was a zoom (`truncate_trajectory`, proved against
 `ZoomEnv` in tests/test_metrics.py). An episode answered correctly at turn t therefore counts as
 correct for every budget >= t and wrong below it.
+
+`summarize` also carries how the policy searched (mini_o3.eval.behaviour: zooms, repeated crops,
+crops on the annotated target, accuracy against tokens) and, for HR-Bench, the score over its
+option rotations (mini_o3.eval.rotation).
 """
 
 from __future__ import annotations

@@ -229,3 +229,15 @@ def test_question_changes_split_the_net_change_into_gains_and_losses() -> None:
     assert (changes["common"], changes["only_a"], changes["only_b"], changes["both_right"], changes["same_partly"]) == (4, 1, 1, 1, 1)
     assert changes["gain_pp"] == 12.5 and changes["loss_pp"] == -12.5  # +0.5 and -0.5 over four questions
     assert changes["gained"][0].answers_a == "B x2" and changes["gained"][0].answers_b == "A, B"
+
+
+def test_a_run_made_before_cards_is_rescored_and_reported_without_one(tmp_path: Path) -> None:
+    from mini_o3.eval.runner import rescore
+
+    run = evaluate(tmp_path, "old", ["<answer>red</answer>"])
+    config = json.loads((run / "config.json").read_text())
+    del config["protocol"]
+    (run / "config.json").write_text(json.dumps(config))
+    metrics = rescore(run)
+    assert metrics["protocol"] == {} and metrics["avg_at_k"] == pytest.approx(1 / 3)
+    assert "this run has no protocol card" in (run / "index.html").read_text()

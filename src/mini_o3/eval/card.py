@@ -148,7 +148,7 @@ def scoring_card(judge: dict[str, Any] | None, judge_mode: str) -> dict[str, Any
 
 def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
     """The card as (name, value) rows for the console and the report (the system prompt by mode and hash, not in full)."""
-    if not card:
+    if not card or "model" not in card:
         return []
     model, prompt, images, sampling, budget = card["model"], card["prompt"], card["images"], card["sampling"], card["budget"]
     scoring, data, options = card["scoring"], card["data"], card["options"]

@@ -274,7 +274,8 @@ def rescore(
     mode = judge_mode or config.judge_mode
     records, _ = score_run(run_dir, trajectories, judge, mode, config.judge_concurrency, console)
     _write_results(run_dir, records.values())
-    card = dict(_saved_card(run_dir), scoring=scoring_card(asdict(judge) if judge is not None else None, mode))
+    saved = _saved_card(run_dir)  # a run made before cards has none, and gets none
+    card = dict(saved, scoring=scoring_card(asdict(judge) if judge is not None else None, mode)) if saved else {}
     summary = summarize_run(run_dir, trajectories, records, config.max_turns, card)
     if report:
         from mini_o3.eval.report import write_report

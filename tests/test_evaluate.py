@@ -634,6 +634,8 @@ def test_compare_shows_per_question_what_the_zooms_gained_and_lost(tmp_path: Pat
     assert changes["gain_pp"] == pytest.approx(40.0) and changes["loss_pp"] == pytest.approx(-60.0)
     assert changes["avg_b"] - changes["avg_a"] == pytest.approx((changes["gain_pp"] + changes["loss_pp"]) / 100)
     assert changes["gained"][0]["answers_a"] == "blue x2" and changes["gained"][0]["answers_b"] == "red x2"
+    assert (changes["gained_after_a_zoom"], changes["lost_after_a_zoom"]) == (2, 3)  # every B run zoomed once
+    assert read_results(zoomed)[("q1", 0)]["zooms"] == 1 and read_results(baseline)[("q1", 0)]["zooms"] == 0
     assert {item["setting"] for item in changes["card_differences"]} >= {"prompt.mode", "budget.max_turns"}
     assert all(item["expected"] for item in changes["card_differences"])
     # A run on other questions differs in more than the zoom, and says so.

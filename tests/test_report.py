@@ -216,8 +216,8 @@ def test_compare_runs_side_by_side(tmp_path: Path) -> None:
 def test_question_changes_split_the_net_change_into_gains_and_losses() -> None:
     from mini_o3.eval.compare import question_changes
 
-    def records(correct: dict[str, list[bool]]) -> dict[tuple[str, int], dict[str, Any]]:
-        return {(sample, run): {"sample_id": sample, "run": run, "split": "", "ground_truth": "A",
+    def records(correct: dict[str, list[bool]], zooms: int = 0) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(sample, run): {"sample_id": sample, "run": run, "split": "", "ground_truth": "A", "zooms": zooms * run,
                                 "score": {"correct": right, "extracted": "A" if right else "B"}}
                 for sample, runs in correct.items() for run, right in enumerate(runs)}
 
@@ -229,6 +229,19 @@ def test_question_changes_split_the_net_change_into_gains_and_losses() -> None:
     assert (changes["common"], changes["only_a"], changes["only_b"], changes["both_right"], changes["same_partly"]) == (4, 1, 1, 1, 1)
     assert changes["gain_pp"] == 12.5 and changes["loss_pp"] == -12.5  # +0.5 and -0.5 over four questions
     assert changes["gained"][0].answers_a == "B x2" and changes["gained"][0].answers_b == "A, B"
+    # Nothing zoomed in B: the gain and the loss came without the tool.
+    assert (changes["gained_after_a_zoom"], changes["lost_after_a_zoom"]) == (0, 0)
+    b_zoomed = question_changes(a, records({"same": [False, True], "up": [True, False], "down": [False, True]}, zooms=1))
+    # Only run 1 of each question zoomed: "up" was right in run 0 (no zoom), "down" zoomed in run 1.
+    assert (b_zoomed["gained_after_a_zoom"], b_zoomed["lost_after_a_zoom"]) == (0, 1)
+    assert b_zoomed["gained"][0].zoomed_runs_b == 1 and b_zoomed["gained"][0].right_after_zoom_b == 0
+    # Runs recorded before "zooms": more than one turn means a zoom.
+    old = {key: {k: v for k, v in record.items() if k != "zooms"} | {"turns": 3} for key, record in b_zoomed_records().items()}
+    assert question_changes(a, old)["gained_after_a_zoom"] == 1
+
+
+def b_zoomed_records() -> dict[tuple[str, int], dict[str, Any]]:
+    return {("up", 0): {"sample_id": "up", "run": 0, "split": "", "ground_truth": "A", "score": {"correct": True, "extracted": "A"}}}
 
 
 def test_a_run_made_before_cards_is_rescored_and_reported_without_one(tmp_path: Path) -> None:

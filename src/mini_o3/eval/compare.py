@@ -32,6 +32,10 @@ class QuestionChange:
     answers_a: str
     """The answers of A's runs as scored (most common first, with counts)."""
     answers_b: str
+    zoomed_runs_b: int = 0
+    """B's runs of this question that zoomed at least once."""
+    right_after_zoom_b: int = 0
+    """B's right runs that zoomed first: only these show the zoom tool at work."""
 
     @property
     def change(self) -> float:
@@ -44,6 +48,11 @@ def _per_question(records: dict[tuple[str, int], dict[str, Any]]) -> dict[tuple[
     for record in records.values():
         grouped[(record.get("split", ""), record["sample_id"])].append(record)
     return grouped
+
+
+def _zoomed(record: dict[str, Any]) -> bool:
+    """Whether a results.jsonl record's episode zoomed (runs made before "zooms" was recorded: more than one turn)."""
+    return bool(record["zooms"]) if "zooms" in record else int(record.get("turns", 0)) > 1
 
 
 def _answers(records: list[dict[str, Any]]) -> str:
@@ -64,6 +73,8 @@ def question_changes(records_a: dict[tuple[str, int], dict[str, Any]], records_b
                 accuracy_a=sum(bool(run["score"]["correct"]) for run in runs_a) / len(runs_a),
                 accuracy_b=sum(bool(run["score"]["correct"]) for run in runs_b) / len(runs_b),
                 answers_a=_answers(runs_a), answers_b=_answers(runs_b),
+                zoomed_runs_b=sum(_zoomed(run) for run in runs_b),
+                right_after_zoom_b=sum(_zoomed(run) and bool(run["score"]["correct"]) for run in runs_b),
             )
         )
     gained = sorted((change for change in changes if change.change > 0), key=lambda change: -change.change)
@@ -77,6 +88,8 @@ def question_changes(records_a: dict[tuple[str, int], dict[str, Any]], records_b
         "avg_b": sum(change.accuracy_b for change in changes) / count if count else None,
         "gained": gained,
         "lost": lost,
+        "gained_after_a_zoom": sum(1 for change in gained if change.right_after_zoom_b),
+        "lost_after_a_zoom": sum(1 for change in lost if change.zoomed_runs_b),
         "both_right": sum(1 for change in changes if change.accuracy_a == change.accuracy_b == 1.0),
         "both_wrong": sum(1 for change in changes if change.accuracy_a == change.accuracy_b == 0.0),
         "same_partly": sum(1 for change in changes if change.change == 0 and 0.0 < change.accuracy_a < 1.0),
@@ -143,7 +156,9 @@ def comparison_summary(changes: dict[str, Any]) -> str:
         f"{changes['common']} questions in both runs: B gained on {len(changes['gained'])} ({changes['gain_pp']:+.1f} pp) "
         f"and lost on {len(changes['lost'])} ({changes['loss_pp']:+.1f} pp), net {net:+.1f} pp "
         f"(Avg@K {100 * changes['avg_a']:.1f}% -> {100 * changes['avg_b']:.1f}%); "
-        f"both always right on {changes['both_right']}, both always wrong on {changes['both_wrong']}"
+        f"both always right on {changes['both_right']}, both always wrong on {changes['both_wrong']}. "
+        f"B was right after a zoom on {changes['gained_after_a_zoom']} of the gained questions and zoomed on "
+        f"{changes['lost_after_a_zoom']} of the lost ones (the rest moved without a zoom: the prompt or sampling, not the tool)"
     )
     if changes["only_a"] or changes["only_b"]:
         text += f"; {changes['only_a']} questions only in A and {changes['only_b']} only in B are left out"
@@ -172,13 +187,18 @@ def print_comparison(console: Any, run_a: str | Path, run_b: str | Path, show: i
         if not items:
             continue
         table = Table(title=f"{title}: {len(items)}" + (f", first {show}" if len(items) > show else ""), title_justify="left")
-        for column in ("question", "truth", "A", "B", "A answered", "B answered"):
+        for column in ("question", "truth", "A", "B", "B zoomed", "A answered", "B answered"):
             table.add_column(column)
         for item in items[:show]:
             table.add_row(escape(_question_name(item)), escape(item["ground_truth"]), f"{100 * item['accuracy_a']:.0f}%",
-                          f"{100 * item['accuracy_b']:.0f}%", escape(_short(item["answers_a"])), escape(_short(item["answers_b"])))
+                          f"{100 * item['accuracy_b']:.0f}%", _zoom_note(item), escape(_short(item["answers_a"])), escape(_short(item["answers_b"])))
         console.print(table)
     return changes
+
+
+def _zoom_note(item: dict[str, Any]) -> str:
+    """B's runs that zoomed, and how many of them were right."""
+    return f"{item['zoomed_runs_b']} runs, {item['right_after_zoom_b']} right" if item["zoomed_runs_b"] else "never"
 
 
 def _question_name(item: dict[str, Any]) -> str:
@@ -210,10 +230,11 @@ def write_comparison(run_a: str | Path, run_b: str | Path, path: str | Path) -> 
     def question_table(items: list[dict[str, Any]]) -> str:
         body = "".join(
             f"<tr><td>{_e(_question_name(item))}</td><td>{_e(item['ground_truth'])}</td><td>{100 * item['accuracy_a']:.0f}%</td>"
-            f"<td>{100 * item['accuracy_b']:.0f}%</td><td>{_e(item['answers_a'])}</td><td>{_e(item['answers_b'])}</td></tr>"
+            f"<td>{100 * item['accuracy_b']:.0f}%</td><td>{_e(_zoom_note(item))}</td><td>{_e(item['answers_a'])}</td><td>{_e(item['answers_b'])}</td></tr>"
             for item in items
         )
-        return ("<table><thead><tr><th>question</th><th>truth</th><th>A</th><th>B</th><th>A answered</th><th>B answered</th></tr></thead>"
+        return ("<table><thead><tr><th>question</th><th>truth</th><th>A</th><th>B</th><th>B zoomed</th><th>A answered</th>"
+                "<th>B answered</th></tr></thead>"
                 f"<tbody>{body}</tbody></table>") if items else "<p class=muted>none</p>"
 
     page = f"""<!DOCTYPE html>

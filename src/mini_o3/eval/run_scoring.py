@@ -35,6 +35,7 @@ def result_record(trajectory: Trajectory, rule: Score, judge: Score | None = Non
         "run": int(trajectory.meta.get("run", 0)),
         "status": trajectory.status.value,
         "turns": trajectory.num_turns,
+        "zooms": trajectory.num_zooms,
         "split": trajectory.split,
         "category": trajectory.category,
         "answer": trajectory.answer,

@@ -569,7 +569,9 @@ def test_hrbench_is_scored_over_its_rotations_beside_plain_accuracy(tmp_path: Pa
             return f"<answer>{letter}</answer>"
         return "<answer>A</answer>"
 
-    result = run_eval(config(f"hrbench:{path}", tmp_path / "run", samples=2, max_turns=2), ScriptedPolicy(letter_a_or_exit))
+    console = Console(record=True, width=200, file=io.StringIO())
+    result = run_eval(config(f"hrbench:{path}", tmp_path / "run", samples=2, max_turns=2), ScriptedPolicy(letter_a_or_exit), console=console)
+    assert "HR-Bench score (mean over its option rotations) 62.5% (rotations 100.0, 50.0, 50.0, 50.0)" in console.export_text()
     rotation = result.metrics["rotation"]
     assert rotation["cycles"] == {"0": 1.0, "1": 0.5, "2": 0.5, "3": 0.5}  # the boats answer is A only in rotation 0
     assert rotation["average"] == 0.625 == result.metrics["avg_at_k"] == rotation["plain"]
@@ -601,7 +603,9 @@ def test_search_behaviour_on_vstar_counts_crops_on_the_annotated_target(tmp_path
     on_target = protocol.render_zoom(protocol.Zoom((0.0, 0.0, 0.5, 0.8)))  # pixels (0, 0, 60, 72): holds box (10, 20, 40, 60)
     away = protocol.render_zoom(protocol.Zoom((0.6, 0.0, 1.0, 0.5)))  # pixels (72, 0, 119, 45): holds neither box
     policy = ScriptedPolicy([on_target, away, on_target, "<answer>A</answer>"])
-    result = run_eval(config(f"vstar:{root}", tmp_path / "run", samples=1), policy)
+    console = Console(record=True, width=200, file=io.StringIO())
+    result = run_eval(config(f"vstar:{root}", tmp_path / "run", samples=1), policy, console=console)
+    assert "zooms per episode 3.00; 33.3% of zooms repeat a box already seen; 66.7% hold the annotated target" in console.export_text()
     search = result.metrics["search"]
     assert search["zooms"] == 6 and search["repeated_zooms"] == 2  # the third crop repeats the first in each episode
     assert search["target"]["zooms_on_target"] == 4 and search["target"]["episodes_that_found_it"] == 1.0

@@ -554,11 +554,32 @@ def _print_summary(console: Console, result: EvalResult) -> None:
     headline = _headline(result.metrics)
     if headline:
         console.print(headline)
+    for line in _figures(result.metrics):
+        console.print(line)
     if result.errors:
         console.print(f"[yellow]{result.errors} episodes ended in error; run the same command with --retry-errors to run them again[/yellow]")
     if result.judge_errors:
         console.print(f"[yellow]the judge gave no verdict on {result.judge_errors} episodes (they keep their rule score); rerun `rescore` to ask again[/yellow]")
     console.print(f"wrote {result.run_dir / METRICS_FILE}" + (f" and {result.run_dir / 'index.html'}" if (result.run_dir / "index.html").exists() else ""))
+
+
+def _figures(summary: dict[str, Any]) -> list[str]:
+    """The HR-Bench rotation score and the search figures, one line each, when the run has them."""
+    lines = []
+    rotation = summary.get("rotation")
+    if rotation:
+        cycles = ", ".join(f"{100 * value:.1f}" for value in rotation["cycles"].values())
+        lines.append(f"HR-Bench score (mean over its option rotations) {100 * rotation['average']:.1f}% (rotations {cycles}); "
+                     f"right in all rotations {100 * rotation['all_rotations']:.1f}%")
+    search = summary.get("search")
+    if search and search["zooms"]:
+        line = (f"zooms per episode {search['zooms_per_episode']['mean']:.2f}; {100 * search['repeated_share']:.1f}% of zooms repeat a box "
+                f"already seen")
+        target = search.get("target")
+        if target and target["share_of_zooms"] is not None:
+            line += f"; {100 * target['share_of_zooms']:.1f}% hold the annotated target"
+        lines.append(line)
+    return lines
 
 
 def _headline(summary: dict[str, Any]) -> str:

@@ -286,3 +286,50 @@ def test_the_last_answer_block_of_the_final_turn_counts() -> None:
     assert extract_answer("<answer>A</answer> no, wait: <answer>B</answer>") == "B"
     assert extract_answer("<think>maybe <answer>A</answer></think><answer> C </answer> <answer>unclosed") == "C"
     assert extract_answer("<answer>unclosed") is None
+
+
+# ---------------------------------------------------------------- properties over generated answers
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+WORDS = ["red", "blue", "green", "yellow", "white", "black", "car", "cars", "truck", "dog", "cat", "left", "right", "2", "3", "12",
+         "−4", "rubber", "cotton", "leather", "wooden", "metal", "stop sign", "red car", "small boat", "the tower"]
+LABELS = ["{L}. {T}", "({L}) {T}", "{L}) {T}", "{L}: {T}", "[{L}] {T}", "**{L}. {T}**"]
+SEPARATORS = ["\n", " ", ", ", "; ", " or ", " and ", "\n\n", " / "]
+
+
+@st.composite
+def choice_questions(draw: Any) -> tuple[dict[str, str], str]:
+    texts = draw(st.lists(st.sampled_from(WORDS), min_size=2, max_size=5, unique=True))
+    options = {"ABCDE"[index]: text for index, text in enumerate(texts)}
+    return options, draw(st.sampled_from(sorted(options)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(choice_questions(), st.data())
+def test_an_answer_naming_two_or_more_options_is_never_credited(question: tuple[dict[str, str], str], data: Any) -> None:
+    options, truth = question
+    letters = data.draw(st.lists(st.sampled_from(sorted(options)), min_size=2, max_size=len(options), unique=True))
+    label = data.draw(st.sampled_from(LABELS))
+    separator = data.draw(st.sampled_from(SEPARATORS))
+    answer = separator.join(label.format(L=letter, T=options[letter]) for letter in letters)
+    lead = data.draw(st.sampled_from(["", "Answer: ", "The answer is ", "I choose "]))
+    assert not score_answer(lead + answer, truth, options).correct, (lead + answer, truth, options)
+
+
+@settings(max_examples=100, deadline=None)
+@given(choice_questions(), st.data())
+def test_the_right_option_named_alone_is_credited(question: tuple[dict[str, str], str], data: Any) -> None:
+    options, truth = question
+    form = data.draw(st.sampled_from(LABELS + ["{L}", "({L})", "{L}.", "Answer: {L}", "The answer is ({L}).", "{T}", "The answer is {T}."]))
+    answer = form.format(L=truth, T=options[truth])
+    assert score_answer(answer, truth, options).correct, (answer, truth, options)
+
+
+@settings(max_examples=100, deadline=None)
+@given(choice_questions(), st.data())
+def test_the_right_label_with_a_negation_is_not_credited(question: tuple[dict[str, str], str], data: Any) -> None:
+    options, truth = question
+    form = data.draw(st.sampled_from(["{L}. not {T}", "{L}. It is not {T}.", "({L}) {T} is wrong", "{L}: no, {T} is incorrect", "{L}. isn't {T}"]))
+    answer = form.format(L=truth, T=options[truth])
+    assert not score_answer(answer, truth, options).correct, (answer, truth, options)

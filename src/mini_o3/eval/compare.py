@@ -9,6 +9,7 @@ The protocol cards are compared too, so a difference in data, model or settings 
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,8 +119,6 @@ def card_differences(card_a: dict[str, Any], card_b: dict[str, Any]) -> list[tup
 
 def read_card(run_dir: str | Path) -> dict[str, Any]:
     """The protocol card a run directory's config.json holds (empty for runs made before cards)."""
-    import json
-
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise RunDirError(f"{run_dir} is not an eval run directory (no {CONFIG_FILE}); point at the --out of `mini-o3 eval`")

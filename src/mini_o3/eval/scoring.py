@@ -279,7 +279,7 @@ def _label_text_problem(letter: str, rest: str, texts: dict[str, str]) -> str | 
     """Why the text after option label `letter` does not agree with it, or None when it does."""
     own = texts.get(letter, "")
     # The option's own text may hold what would look like a label or a negation ("Vitamin C.", "not visible").
-    remainder = re.sub(re.escape(own.strip()), " ", rest, flags=re.IGNORECASE) if own.strip() else rest
+    remainder = re.sub(rf"(?<!\w){re.escape(own.strip())}(?!\w)", " ", rest, flags=re.IGNORECASE) if own.strip() else rest
     named = {next(group for group in found if group).upper() for found in _INNER_LABEL_RE.findall(remainder)}
     others = sorted((named & set(texts)) - {letter})
     if others:

@@ -485,6 +485,9 @@ def test_the_card_hashes_a_dataset_folder_and_counts_right_letters(tmp_path: Pat
     (root / "direct_attributes" / "sa_1.json").write_text("{}")
     again = run_eval(config(f"vstar:{root}", tmp_path / "again", samples=1), ScriptedPolicy(["<answer>A</answer>"]))
     assert again.metrics["protocol"]["data"]["sha256"] != card["data"]["sha256"]
+    # The first run cannot be resumed on the changed data: its episodes answered other questions.
+    with pytest.raises(RunDirError, match="was run on other data"):
+        run_eval(config(f"vstar:{root}", tmp_path / "run", samples=1), ScriptedPolicy(["<answer>A</answer>"]))
 
 
 # ---------------------------------------------------------------- the no-zoom baseline

@@ -284,6 +284,17 @@ def rescore(
     return summary
 
 
+def _check_same_data(run_dir: Path, card: dict[str, Any]) -> None:
+    """Refuse to resume a run whose data file changed since it started: its finished episodes answered other questions."""
+    before = (_saved_card(run_dir).get("data") or {}).get("sha256")
+    now = card["data"]["sha256"]
+    if before and now and before != now:
+        raise RunDirError(
+            f"{run_dir} was run on other data: the data's sha256 was {before[:16]}, now {now[:16]} "
+            f"({card['data']['covers']}); choose another --out, or restore the data"
+        )
+
+
 def _saved_card(run_dir: Path) -> dict[str, Any]:
     """The protocol card config.json holds (empty for runs made before cards)."""
     try:
@@ -322,6 +333,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
         write_atomic(run_dir / SKIPPED_FILE, "".join(reason + "\n" for reason in loaded.reasons))
     dataset = {"kind": loaded.kind, "path": str(loaded.path), "questions": len(samples), "skipped": loaded.skipped}
     card = protocol_card(config.to_dict(), policy, dataset, samples)
+    _check_same_data(run_dir, card)
     write_json(
         run_dir / CONFIG_FILE,
         {

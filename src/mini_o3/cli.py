@@ -183,8 +183,15 @@ def eval_run(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
+    from mini_o3.data.benchmarks.common import DatasetError
+    from mini_o3.eval.run_dir import RunDirError
+
     policy = build_policy(api, model, model_path, api_key_env)
-    result = run_eval(config, policy, console=console)
+    try:
+        result = run_eval(config, policy, console=console)
+    except (RunDirError, DatasetError) as error:  # a user's folder or file: one line, no traceback
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"report: {result.run_dir / 'index.html'}")
 
 

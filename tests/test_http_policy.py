@@ -359,3 +359,24 @@ def test_https_proxy_from_the_environment_is_asked_for_a_tunnel(proxy, monkeypat
     with pytest.raises(PolicyError, match="proxy"):
         policy.generate([{"role": "user", "content": "hi"}])
     assert proxy.seen == ["CONNECT api.example.invalid:443"]
+
+
+@pytest.mark.parametrize("reply", [
+    {"choices": "none"},
+    {"choices": [None]},
+    {"choices": [{"message": "a string"}]},
+    {"choices": []},
+    [],
+])
+def test_malformed_replies_are_a_policy_error(reply):
+    with pytest.raises(PolicyError, match="without choices"):
+        _generation_from_reply(reply, SamplingParams(), "u")
+
+
+def test_malformed_usage_and_finish_reason_are_ignored():
+    reply = {"choices": [{"message": {"content": "<answer>x</answer>"}, "finish_reason": 7}],
+             "usage": {"prompt_tokens": "12", "completion_tokens": -1}}
+    generation = _generation_from_reply(reply, SamplingParams(), "u")
+    assert (generation.text, generation.finish_reason) == ("<answer>x</answer>", "stop")
+    assert (generation.prompt_tokens, generation.completion_tokens) == (None, None)
+    assert _generation_from_reply({**reply, "usage": "lots"}, SamplingParams(), "u").prompt_tokens is None

@@ -226,10 +226,12 @@ def _generation_from_reply(reply: dict[str, Any], sampling: SamplingParams, url:
         choice = reply["choices"][0]
         message = choice.get("message") or {}
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise PolicyError(f"{url} sent a reply without choices: {json.dumps(reply)[:300]}") from None
+        choice = message = None
+    if not isinstance(choice, dict) or not isinstance(message, dict):
+        raise PolicyError(f"{url} sent a reply without choices: {json.dumps(reply)[:300]}")
     content = _text(message.get("content"))
     reasoning = next((message[name] for name in REASONING_FIELDS if isinstance(message.get(name), str)), None)
-    finish_reason = choice.get("finish_reason") or "stop"
+    finish_reason = choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else "stop"
     # vLLM names the stop string that matched in stop_reason, SGLang in matched_stop; trust
     # them when present, and guess from the text (restore_stop_string) when not.
     reported = "stop_reason" in choice or "matched_stop" in choice
@@ -250,13 +252,18 @@ def _generation_from_reply(reply: dict[str, Any], sampling: SamplingParams, url:
             text += matched
     elif sampling.stop:
         text = restore_stop_string(text, finish_reason, sampling.stop[0])
-    usage = reply.get("usage") or {}
+    usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
     return Generation(
         text=text,
         finish_reason=finish_reason,
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
     )
+
+
+def _count(value: Any) -> int | None:
+    """A token count from a reply's usage, None unless it is a whole number >= 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _text(content: Any) -> str:

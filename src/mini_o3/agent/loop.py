@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from PIL import Image
+
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.env import INFERENCE_LIMITS, Limits, TokenCounter, View, ZoomEnv
-from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, ResizePolicy
+from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, ResizePolicy, open_image
 from mini_o3.agent.policy import Policy, PolicyError, SamplingParams
 from mini_o3.agent.trajectory import Status, Trajectory, TurnRecord
 
@@ -71,6 +74,35 @@ class Episode:
 TurnCallback = Callable[[ZoomEnv, TurnRecord], None]
 
 
+class SharedOriginals:
+    """Decoded originals shared by the episodes in flight: the K runs of a question decode its file once.
+
+    At 2,048 episodes in flight a 3072x3072 original is 28 MB decoded, 70% of an episode's
+    memory (bench/bench_scale.py); the runs of one question only read it (crop, resize). An
+    image is kept while an episode holds it and dropped with the last one.
+    """
+
+    def __init__(self, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT) -> None:
+        self.pixel_limit = pixel_limit
+        self._images: weakref.WeakValueDictionary[str, Image.Image] = weakref.WeakValueDictionary()
+        self._gates: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, sample: Sample) -> Image.Image | None:
+        """The sample's decoded original, shared; None for an in-memory image (the caller opens it)."""
+        if not isinstance(sample.image, (str, Path)):
+            return None
+        key = str(sample.image)
+        with self._lock:
+            gate = self._gates.setdefault(key, threading.Lock())
+        with gate:  # one decode per file, however many runs ask at once
+            image = self._images.get(key)
+            if image is None:
+                image = open_image(sample.image, self.pixel_limit)
+                self._images[key] = image
+            return image
+
+
 def run_episode(
     policy: Policy,
     sample: Sample,
@@ -79,13 +111,14 @@ def run_episode(
     on_turn: TurnCallback | None = None,
     run: int = 0,
     cancel: threading.Event | None = None,
+    originals: SharedOriginals | None = None,
 ) -> Episode:
     """Run one episode to its end; failures become an `error` status, never an exception.
 
     A policy with a `bind(sample, run) -> Policy` method (the oracle, which reads the ground
     truth; wrappers that seed per episode) is bound to the episode first. Each turn may
     generate at most what is left of the context window. Setting `cancel` ends the episode
-    as an error after the turn in progress.
+    as an error after the turn in progress. `originals` shares decoded images between episodes.
     """
     try:
         if hasattr(policy, "bind"):
@@ -93,6 +126,7 @@ def run_episode(
         counter = count_tokens or getattr(policy, "count_tokens", None)
         env = ZoomEnv(
             sample, config.limits, config.resize, counter, config.pixel_limit,
+            original=originals.get(sample) if originals is not None else None,
             count_image_tokens=getattr(policy, "image_tokens", None),
         )
     except (ImageLoadError, ValueError, PolicyError) as error:
@@ -150,7 +184,8 @@ def run_episodes(
 
     Each episode runs in its own thread and calls the policy one turn at a time: HTTP policies
     overlap requests, and batching policies gather the concurrent calls into one generate.
-    Jobs are pulled lazily, so a long job list costs no memory up front.
+    Jobs are pulled lazily, so a long job list costs no memory up front. Episodes of the same
+    image share its decoded original.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -158,6 +193,7 @@ def run_episodes(
     job_iter = iter(jobs)
     exhausted = False
     cancel = threading.Event()
+    originals = SharedOriginals(config.pixel_limit)
 
     def refill() -> None:
         nonlocal exhausted
@@ -167,7 +203,7 @@ def run_episodes(
             except StopIteration:
                 exhausted = True
                 return
-            pending.add(pool.submit(run_episode, policy, sample, config, count_tokens, None, run, cancel))
+            pending.add(pool.submit(run_episode, policy, sample, config, count_tokens, None, run, cancel, originals))
 
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode")
     try:

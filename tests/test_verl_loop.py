@@ -415,3 +415,85 @@ def test_the_loop_registers_and_returns_verls_output_record(verl_api: types.Modu
     if hasattr(output, "as_dict"):  # the real verl: the record the trainer stores
         record = output.as_dict()
         assert float(record["rm_scores"][-1]) == 1.0 and record["response_mask"].sum() == sum(output.response_mask)
+
+
+def test_verls_own_postprocess_takes_the_record(tiny: tuple, encoder: PromptEncoder, sample: Sample) -> None:
+    # verl 0.9.1's AgentLoopWorker._agent_loop_postprocess (agent_loop.py:728-866) re-runs the
+    # processor on the decoded ids and the images, then computes the multimodal positions: the
+    # pads must match its grids, its positions the model's, its pixels the rollout's log-probs.
+    api = pytest.importorskip("verl.experimental.agent_loop.agent_loop")
+    from omegaconf import OmegaConf
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
+
+    model, tokenizer, image_processor = tiny
+    processor = build_processor(tokenizer, image_processor)
+    processor.config = model.config  # as verl's hf_processor binds them (verl/utils/tokenizer/tokenizer.py:205-241)
+    processor.get_rope_index = types.MethodType(Qwen2_5_VLModel.get_rope_index, processor)
+    processor.get_vision_position_ids = types.MethodType(Qwen2_5_VLModel.get_vision_position_ids, processor)
+    result, _ = run(tiny, encoder, sample, [ZOOM, BAD_ZOOM, ZOOM_AGAIN, ANSWER], response_length=2048)
+    worker = object.__new__(api.AgentLoopWorker)
+    worker.processor, worker.tokenizer, worker.mm_processor_kwargs = processor, tokenizer, {}
+    worker.rollout_config = OmegaConf.create({"prompt_length": 1024, "response_length": 2048})
+    worker.reward_loop_worker_handles, worker.distillation_enabled = None, False
+    output = api.AgentLoopOutput(**result.output_fields(), metrics=api.AgentLoopMetrics())
+    internal = asyncio.run(worker._agent_loop_postprocess(output, validate=False, raw_prompt=[]))
+    inputs = internal.multi_modal_inputs
+    pads = int((internal.input_ids == encoder.image_token_id).sum())
+    assert pads == int(inputs["image_grid_thw"].prod(-1).sum()) // 4 and len(inputs["image_grid_thw"]) == 3
+    ids = torch.tensor([result.prompt_ids + result.response_ids])
+    own, _ = model.model.get_rope_index(
+        input_ids=ids, image_grid_thw=inputs["image_grid_thw"], attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == encoder.image_token_id).long()
+    )
+    assert torch.equal(internal.position_ids[0, 1:, internal.attention_mask[0].bool()], own[:, 0, :])
+    assert int(internal.response_mask.sum()) == sum(result.response_mask)
+    recomputed = token_logprobs(model, ids[0].tolist(), inputs, encoder.image_token_id)[len(result.prompt_ids) :]
+    assert max(abs(a - b) for a, b, bit in zip(result.response_logprobs, recomputed, result.response_mask) if bit) < 1e-4
+
+
+# ---------------------------------------------------------------- the shipped config and launch line
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "verl"
+
+
+def test_the_agent_loop_config_holds_the_papers_episode_settings() -> None:
+    import yaml
+
+    (entry,) = yaml.safe_load((CONFIGS / "agent_loop.yaml").read_text())
+    assert entry["name"] == "mini_o3" and entry["_target_"] == "mini_o3.train.verl.loop.MiniO3AgentLoop"
+    settings = VerlEpisodeSettings.from_kwargs({key: value for key, value in entry.items() if key not in ("name", "_target_")})
+    assert (settings.max_turns, settings.max_images, settings.max_pixels, settings.mask_over_turn) == (6, 12, 2_000_000, True)
+
+
+def _launch_overrides() -> list[str]:
+    import shlex
+
+    body = (CONFIGS / "run_rl.sh").read_text().split("python3 -m verl.trainer.main_ppo", 1)[1]
+    values = {"$NNODES": "8", "$MODEL": "/ckpt/sft", "$TRAIN": "train.parquet", "$VAL": "val.parquet", "$NAME": "run", "$HERE": str(CONFIGS)}
+    overrides = []
+    for token in shlex.split(body.replace("\\\n", " ")):
+        if token != "$@":
+            for name, value in values.items():
+                token = token.replace(name, value)
+            overrides.append(token)
+    return overrides
+
+
+def test_the_launch_line_composes_and_validates_against_verls_own_config() -> None:
+    pytest.importorskip("verl.trainer.main_ppo")
+    import os
+
+    import verl
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.main_ppo import validate_config
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass
+
+    with initialize_config_dir(config_dir=os.path.join(os.path.dirname(verl.__file__), "trainer", "config"), version_base=None):
+        config = compose(config_name="ppo_trainer", overrides=_launch_overrides())
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert not need_reference_policy(config) and not need_critic(config)  # no KL: no reference model is loaded
+    rollout, actor = omega_conf_to_dataclass(config.actor_rollout_ref.rollout), omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    assert (rollout.n, rollout.temperature, config.data.train_batch_size, config.trainer.nnodes) == (16, 1.0, 256, 8)
+    assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.use_kl_loss, actor.entropy_coeff) == (0.2, 0.3, False, 0)
+    assert actor.loss_agg_mode == "seq-mean-token-mean" and config.algorithm.filter_groups.enable
+    assert config.actor_rollout_ref.rollout.agent.agent_loop_config_path == str(CONFIGS / "agent_loop.yaml")

@@ -30,7 +30,7 @@ from mini_o3.agent.trajectory import Status
 from mini_o3.models.tiny import build_processor, build_tiny, load_checkpoint
 from mini_o3.policies.local import PromptEncoder
 from mini_o3.train.tokenize import ConversationEncoder
-from mini_o3.train.verl.episode import LoopResult, VerlEpisodeSettings, over_turn_mask, run_verl_episode
+from mini_o3.train.verl.episode import LoopResult, VerlEpisodeSettings, run_verl_episode, trained_mask
 from mini_o3.train.verl.rows import export_rows, row_to_sample, sample_to_row, write_parquet
 
 SMALL = dict(max_pixels=224 * 224, min_pixels=56 * 56, context_reserve=64, max_new_tokens=48)
@@ -244,6 +244,31 @@ def test_a_row_can_raise_the_turn_limit_for_validation(tiny: tuple, encoder: Pro
     assert result.status is Status.ANSWERED and result.episode.trajectory.num_turns == 5
 
 
+class FailingServer(TinyServer):
+    """The tiny model's server, dead from call `fail_at` on."""
+
+    def __init__(self, *args: Any, fail_at: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail_at = fail_at
+
+    async def generate(self, request_id: str, **kwargs: Any) -> Any:
+        if len(self.calls) >= self.fail_at:
+            raise ConnectionError("server gone")
+        return await super().generate(request_id, **kwargs)
+
+
+def test_a_server_failure_mid_episode_is_an_error_rollout_without_loss(tiny: tuple, encoder: PromptEncoder, sample: Sample) -> None:
+    server = FailingServer(*tiny, script=[ZOOM, ANSWER], fail_at=1)
+    config = VerlEpisodeSettings(**SMALL)
+    result = asyncio.run(run_verl_episode(server, encoder, tiny[1], config, sample, SAMPLING, 4096))
+    assert result.status is Status.ERROR and "server gone" in result.episode.trajectory.error
+    assert result.reward == 0.0 and not result.over_turn and set(result.response_mask) == {0}
+    assert result.response_ids[: len(server.calls[0]["token_ids"])] == server.calls[0]["token_ids"]
+    dead = FailingServer(*tiny, script=[ZOOM], fail_at=0)
+    with pytest.raises(RuntimeError, match="no turn"):
+        asyncio.run(run_verl_episode(dead, encoder, tiny[1], config, sample, SAMPLING, 4096))
+
+
 @pytest.mark.slow
 def test_free_sampling_from_the_tiny_model_runs_whole_episodes(tiny: tuple, encoder: PromptEncoder, sample: Sample) -> None:
     for seed in range(3):
@@ -255,10 +280,14 @@ def test_free_sampling_from_the_tiny_model_runs_whole_episodes(tiny: tuple, enco
         assert len(result.response_ids) == len(result.response_mask) == len(result.response_logprobs)
 
 
-def test_over_turn_mask_zeroes_only_flagged_rollouts() -> None:
-    assert over_turn_mask([0, 1, 1, 0, 1], over_turn=True) == [0, 0, 0, 0, 0]
-    assert over_turn_mask([0, 1, 1, 0, 1], over_turn=False) == [0, 1, 1, 0, 1]
-    assert over_turn_mask([0, 1, 1], over_turn=True, enabled=False) == [0, 1, 1]
+def test_the_trained_mask_follows_the_trl_paths_rule() -> None:
+    mask = [0, 1, 1, 0, 1]
+    for status in (Status.OVER_TURN, Status.OVER_CONTEXT, Status.ERROR):
+        assert trained_mask(mask, status) == [0] * 5
+    for status in (Status.ANSWERED, Status.NO_ANSWER):
+        assert trained_mask(mask, status) == mask
+    assert trained_mask(mask, Status.OVER_TURN, mask_over_turn=False) == mask
+    assert trained_mask(mask, Status.ERROR, mask_over_turn=False) == [0] * 5
 
 
 # ---------------------------------------------------------------- rows and export

@@ -27,6 +27,7 @@ from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.trajectory import Status
 from mini_o3.policies.local import PromptEncoder
+from mini_o3.train.masking import rollout_weights
 from mini_o3.train.verl.tokens import EpisodeTokens
 
 ESTIMATE_SLACK = 16
@@ -56,7 +57,7 @@ class VerlEpisodeSettings:
     pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT
     """Refuse originals larger than this many pixels."""
     mask_over_turn: bool = True
-    """Zero the response mask of over-turn and over-context rollouts (the released ignore_exceed=True)."""
+    """Zero the response mask of over-turn and over-context rollouts (the released ignore_exceed=True); errors always."""
     judge_url: str | None = None
     """An OpenAI-compatible judge for answers the rules call wrong (None: rules only)."""
     judge_model: str | None = None
@@ -94,7 +95,7 @@ class LoopResult:
     prompt_ids: list[int]
     response_ids: list[int]
     response_mask: list[int]
-    """1 on sampled tokens; all 0 for an over-turn rollout when masking is on."""
+    """1 on sampled tokens; all 0 for an over-turn rollout when masking is on, and for an error."""
     response_logprobs: list[float] | None
     images: list[Any]
     """Every image shown, in order: the original, then each crop."""
@@ -147,14 +148,16 @@ class LoopResult:
         }
 
 
-def over_turn_mask(mask: list[int], over_turn: bool, enabled: bool = True) -> list[int]:
-    """The response mask the trainer sees: all zeros for an over-turn rollout when masking is on.
+def trained_mask(mask: list[int], status: Status, mask_over_turn: bool = True) -> list[int]:
+    """The response mask the trainer sees: all zeros for a rollout the TRL path leaves out of the loss.
 
-    verl's loss mask is this response mask, while GRPO's group statistics read only the
-    rewards, so the rollout's reward (0) still counts in its group's mean and std and its
-    tokens carry no loss: the released trainer's `response_mask[exceed_mask] = 0`.
+    That is `train.masking.rollout_weights`' rule: over-turn and over-context rollouts when
+    masking is on, error rollouts always. verl's loss mask is this response mask, while GRPO's
+    group statistics read only the rewards, so such a rollout's reward (0) still counts in its
+    group's mean and std and its tokens carry no loss: the released trainer's
+    `response_mask[exceed_mask] = 0`.
     """
-    return [0] * len(mask) if over_turn and enabled else list(mask)
+    return list(mask) if float(rollout_weights([status], mask_over_turn)[0]) else [0] * len(mask)
 
 
 class ServerPolicy:
@@ -290,7 +293,7 @@ async def run_verl_episode(
     return LoopResult(
         prompt_ids=tokens.prompt_ids,
         response_ids=response_ids,
-        response_mask=over_turn_mask(mask, over_turn, settings.mask_over_turn),
+        response_mask=trained_mask(mask, Status.OVER_CONTEXT if over_turn else episode.trajectory.status, settings.mask_over_turn),
         response_logprobs=logprobs,
         images=list(tokens.images),
         reward=0.0 if over_turn else reward,

@@ -2,7 +2,7 @@
 # Mini-o3's RL stage on verl 0.9.1 with the mini_o3 agent loop, on NNODES nodes of 8 GPUs.
 #
 #   mini-o3 export verl visualprobe:/data/visualprobe/train.json data/verl/train.parquet
-#   mini-o3 export verl visualprobe:/data/visualprobe/val.json data/verl/val.parquet --max-turns 12 --max-images 13
+#   mini-o3 export verl visualprobe:/data/visualprobe/val.json data/verl/val.parquet --max-turns 12
 #   ray start --head (on node 0; ray start --address=HEAD:6379 on the others), then on node 0:
 #   NNODES=8 MODEL=/ckpt/mini-o3-sft bash configs/verl/run_rl.sh [more hydra overrides]
 #
@@ -65,7 +65,7 @@ python3 -m verl.trainer.main_ppo \
   actor_rollout_ref.rollout.gpu_memory_utilization=0.6 \
   actor_rollout_ref.rollout.max_model_len=32768 \
   actor_rollout_ref.rollout.max_num_batched_tokens=32768 \
-  ++actor_rollout_ref.rollout.limit_images=13 \
+  ++actor_rollout_ref.rollout.limit_images=12 \
   actor_rollout_ref.rollout.val_kwargs.do_sample=true \
   actor_rollout_ref.rollout.val_kwargs.temperature=1.0 \
   actor_rollout_ref.rollout.val_kwargs.n=1 \

@@ -196,7 +196,11 @@ def test_the_trainer_forward_pass_reproduces_the_rollout_log_probs(tiny: tuple, 
 
 
 def test_the_ids_are_the_trl_paths_ids_for_the_same_episode(tiny: tuple, encoder: PromptEncoder, sample: Sample) -> None:
-    result, _ = run(tiny, encoder, sample, [ZOOM, BAD_ZOOM, ANSWER])
+    # BAD_ZOOM + " then" ends with <|im_end|> (the turn ran past the stop string): closed by "\n" alone.
+    result, server = run(tiny, encoder, sample, [ZOOM, BAD_ZOOM + " then", BAD_ZOOM, ANSWER])
+    assert server.calls[1]["token_ids"][-1] == tiny[1].convert_tokens_to_ids("<|im_end|>")
+    assert [turn.feedback for turn in result.episode.trajectory.turns] == ["observation", "error", "error", None]
+    assert result.episode.trajectory.turns[1].text == BAD_ZOOM  # the action ends at the stop string, as LocalPolicy's
     encoded = ConversationEncoder(tiny[1], tiny[2]).encode_episode(result.episode, with_pixels=False)
     ours = result.prompt_ids + result.response_ids
     assert encoded.input_ids[: len(ours)] == ours

@@ -248,6 +248,42 @@ def test_a_row_can_raise_the_turn_limit_for_validation(tiny: tuple, encoder: Pro
     assert result.status is Status.ANSWERED and result.episode.trajectory.num_turns == 5
 
 
+class PerEpisodeScript(TinyServer):
+    """The same script for every episode, by the turn index of each request id."""
+
+    def __init__(self, *args: Any, turns: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.turns = turns
+
+    async def generate(self, request_id: str, **kwargs: Any) -> Any:
+        text = self.turns[sum(1 for call in self.calls if call["request_id"] == request_id)]
+        await asyncio.sleep(0)  # let the other episodes' turns interleave with this one
+        self.script = [text]  # the parent's generate never awaits: nothing runs between this and its pop
+        return await super().generate(request_id, **kwargs)
+
+
+def test_many_episodes_share_one_event_loop_and_keep_their_own_ids(tiny: tuple, encoder: PromptEncoder, sample: Sample) -> None:
+    # verl runs every rollout of a worker as a coroutine on one event loop; each episode's turns
+    # hop from its thread to that loop and back.
+    server = PerEpisodeScript(*tiny, turns=[ZOOM, ZOOM_AGAIN, ANSWER])
+    config = VerlEpisodeSettings(**SMALL)
+
+    async def many() -> list[LoopResult]:
+        return await asyncio.gather(*(run_verl_episode(server, encoder, tiny[1], config, sample, SAMPLING, 4096) for _ in range(6)))
+
+    results = asyncio.run(many())
+    assert len({call["request_id"] for call in server.calls}) == 6 and len(server.calls) == 18
+    finals = set()
+    for request_id in {call["request_id"] for call in server.calls}:
+        chain = [call for call in server.calls if call["request_id"] == request_id]
+        for before, after in zip(chain, chain[1:]):  # each turn continues its own episode's ids
+            assert after["prompt_ids"][: len(before["prompt_ids"]) + len(before["token_ids"])] == before["prompt_ids"] + before["token_ids"]
+        finals.add(tuple(chain[-1]["prompt_ids"] + chain[-1]["token_ids"]))
+    assert finals == {tuple(result.prompt_ids + result.response_ids) for result in results}
+    assert all(result.status is Status.ANSWERED and len(result.images) == 3 and result.reward == 1.0 for result in results)
+    assert len(finals) == 1  # the same script and image: every episode came out the same, none mixed with another
+
+
 class FailingServer(TinyServer):
     """The tiny model's server, dead from call `fail_at` on."""
 
@@ -303,8 +339,17 @@ def test_rows_round_trip_a_sample_with_its_limit_overrides(sample: Sample) -> No
     back, limits = row_to_sample(row)
     assert (back.id, back.question, back.answer, back.options, back.image) == ("s0", sample.question, "red", {"A": "red", "B": "blue"}, Path(sample.image).resolve())
     assert limits == {"max_turns": 12}
+    assert row_to_sample({**row, "extra_info": json.dumps(row["extra_info"])})[0] == back
     with pytest.raises(ValueError, match="unknown limit"):
         sample_to_row(sample, 0, {"turns": 3})
+
+
+def test_only_the_registered_loop_module_imports_verl() -> None:
+    import re
+
+    source = Path(__file__).resolve().parents[1] / "src" / "mini_o3"
+    importers = sorted(str(path.relative_to(source)) for path in source.rglob("*.py") if re.search(r"^\s*(from|import) verl\b", path.read_text(), re.M))
+    assert importers == ["train/verl/loop.py"]
 
 
 def test_export_writes_in_memory_images_beside_the_rows(tmp_path: Path) -> None:

@@ -64,8 +64,9 @@ class VerlEpisodeSettings:
     """The judge's model name."""
     sampling_extra: Mapping[str, Any] = field(default_factory=lambda: {"include_stop_str_in_output": True})
     """Extra sampling keys for the engine: vLLM's default keeps `</grounding>`; SGLang wants {no_stop_trim: true}."""
-    episode_threads: int = 256
-    """Threads per agent-loop worker that run episodes (each waits on the server between turns)."""
+    episode_threads: int = 1024
+    """Episodes in flight per agent-loop worker process, one thread each (mostly waiting on the
+    server); keep it at least train_batch_size x rollout.n / rollout.agent.num_workers."""
 
     def limits(self, overrides: Mapping[str, int | None] | None = None) -> Limits:
         """The episode limits, with a row's overrides applied."""
@@ -274,7 +275,7 @@ async def run_verl_episode(
     policy = ServerPolicy(server, event_loop, encoder, tokens, sampling_params, settings.sampling_extra, response_length)
 
     def work() -> tuple[Episode, float]:
-        config, in_memory = _episode_config(settings, limit_overrides, sample, tokens, policy, response_length)
+        config, in_memory = _prepare_episode(settings, limit_overrides, sample, tokens, policy, response_length)
         episode = run_episode(policy, in_memory, config, count_tokens=encoder.count_tokens)
         reward = _rewarder(settings.judge_url, settings.judge_model)(episode.trajectory)
         return episode, reward
@@ -304,7 +305,7 @@ async def run_verl_episode(
     )
 
 
-def _episode_config(
+def _prepare_episode(
     settings: VerlEpisodeSettings,
     overrides: Mapping[str, int | None] | None,
     sample: Sample,
@@ -312,7 +313,7 @@ def _episode_config(
     policy: ServerPolicy,
     response_length: int,
 ) -> tuple[EpisodeConfig, Sample]:
-    """The episode's config, its window capped to what verl's response tensor holds."""
+    """The episode's config, its window capped to what verl's response tensor holds; encodes the first prompt."""
     limits = settings.limits(overrides)
     resize = ResizePolicy(max_pixels=settings.max_pixels, min_pixels=settings.min_pixels)
     sampling = SamplingParams(max_new_tokens=settings.max_new_tokens)

@@ -61,6 +61,8 @@ def sample_to_row(sample: Sample, index: int, limits: Mapping[str, int | None] |
 def row_to_sample(row: Mapping[str, Any]) -> tuple[Sample, dict[str, int | None]]:
     """The sample and the limit overrides of a row as verl passes it to `run(**kwargs)`."""
     extra = row.get("extra_info")
+    if isinstance(extra, str):  # a trainer that hands nested columns over as JSON text
+        extra = json.loads(extra)
     if not isinstance(extra, Mapping) or "sample" not in extra:
         raise ValueError("the row has no extra_info.sample; write the data with `mini-o3 export verl`")
     record = json.loads(extra["sample"])

@@ -81,7 +81,8 @@ class TinyServer:
                 ids.append(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
         else:
             ids = self._sample(prompt_ids, pixels, sampling_params["max_tokens"], sampling_params["stop"])
-        logprobs = token_logprobs(self.model, prompt_ids + ids, pixels, self.image_id)[len(prompt_ids) :]
+        scored = [0 if token in self.banned else token for token in ids]  # a forced vision token has no image behind it
+        logprobs = token_logprobs(self.model, prompt_ids + scored, pixels, self.image_id)[len(prompt_ids) :]
         self.calls.append({"request_id": request_id, "prompt_ids": list(prompt_ids), "token_ids": ids, "images": len(image_data or []), "params": dict(sampling_params)})
         return types.SimpleNamespace(token_ids=ids, log_probs=logprobs, stop_reason="completed", num_preempted=None)
 
@@ -307,6 +308,16 @@ def test_a_server_failure_mid_episode_is_an_error_rollout_without_loss(tiny: tup
     dead = FailingServer(*tiny, script=[ZOOM], fail_at=0)
     with pytest.raises(RuntimeError, match="no turn"):
         asyncio.run(run_verl_episode(dead, encoder, tiny[1], config, sample, SAMPLING, 4096))
+
+
+def test_a_sampled_vision_token_ends_the_episode_as_an_error_before_that_token(tiny: tuple, encoder: PromptEncoder, sample: Sample) -> None:
+    result, server = run(tiny, encoder, sample, [ZOOM, "<think>See <|image_pad|> here</think><answer>red</answer>"])
+    assert result.status is Status.ERROR and "vision token" in result.episode.trajectory.error
+    assert encoder.image_token_id not in server.calls[1]["prompt_ids"][len(server.calls[0]["prompt_ids"]) :][: len(server.calls[0]["token_ids"])]
+    assert tiny[1].decode(result.response_ids).endswith("<think>See ") and set(result.response_mask) == {0}
+    assert sum(1 for token in result.prompt_ids + result.response_ids if token == encoder.image_token_id) == sum(
+        encoder.image_tokens(*image.size) for image in result.images
+    )
 
 
 @pytest.mark.slow

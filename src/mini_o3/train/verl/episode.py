@@ -208,9 +208,15 @@ class ServerPolicy:
         if getattr(output, "stop_reason", None) == "aborted":
             raise PolicyError("the server aborted the request")
         ids = [int(token) for token in output.token_ids]
-        logprobs = getattr(output, "log_probs", None)
+        logprobs = list(output.log_probs) if getattr(output, "log_probs", None) else None
+        cut = next((i for i, token in enumerate(ids) if token in self.tokens.vision_ids), None)
+        if cut is not None:
+            # Keep what came before it (the rollout is masked as an error) so that the images
+            # still line up with their pads in what verl trains on.
+            self.tokens.add_sampled(ids[:cut], logprobs[:cut] if logprobs else None)
+            raise PolicyError(f"the server sampled the vision token {ids[cut]} (<|image_pad|> or kin); the engine should ban them")
         try:
-            self.tokens.add_sampled(ids, list(logprobs) if logprobs else None)
+            self.tokens.add_sampled(ids, logprobs)
         except ValueError as error:
             raise PolicyError(str(error)) from error
         text = _cut_at_stop(self.encoder.decode(ids, skip_special_tokens=True), sampling.stop)
@@ -221,7 +227,7 @@ class ServerPolicy:
             completion_tokens=len(ids),
             latency_s=latency,
             token_ids=ids,
-            logprobs=list(logprobs) if logprobs else None,
+            logprobs=logprobs,
         )
 
 

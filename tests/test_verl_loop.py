@@ -586,3 +586,19 @@ def test_the_launch_line_composes_and_validates_against_verls_own_config() -> No
     assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.use_kl_loss, actor.entropy_coeff) == (0.2, 0.3, False, 0)
     assert actor.loss_agg_mode == "seq-mean-token-mean" and config.algorithm.filter_groups.enable
     assert config.actor_rollout_ref.rollout.agent.agent_loop_config_path == str(CONFIGS / "agent_loop.yaml")
+
+
+def test_importing_the_loop_keeps_a_config_files_entry(verl_api: types.ModuleType) -> None:
+    # verl registers the config file's entries before hydra imports the loop module to build one.
+    entry = {"name": "mini_o3", "_target_": "mini_o3.train.verl.loop.MiniO3AgentLoop", "max_turns": 3}
+    previous = verl_api._agent_loop_registry.get("mini_o3")
+    verl_api._agent_loop_registry["mini_o3"] = entry
+    try:
+        module = importlib.import_module("mini_o3.train.verl.loop")
+        importlib.reload(module)
+        assert verl_api._agent_loop_registry["mini_o3"] is entry
+    finally:
+        if previous is None:
+            verl_api._agent_loop_registry.pop("mini_o3")
+        else:
+            verl_api._agent_loop_registry["mini_o3"] = previous

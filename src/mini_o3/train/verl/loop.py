@@ -1,4 +1,4 @@
-"""The Mini-o3 agent loop for verl: registered as "mini_o3" when this module is imported.
+"""The Mini-o3 agent loop for verl: registered as "mini_o3" (unless a config file already did).
 
 verl imports it from the agent-loop config file (configs/verl/agent_loop.yaml names this
 class as `_target_`), so only verl's workers ever import it; the rest of mini_o3 never does.
@@ -13,7 +13,13 @@ import threading
 from typing import Any
 
 try:
-    from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
+    from verl.experimental.agent_loop.agent_loop import (
+        AgentLoopBase,
+        AgentLoopMetrics,
+        AgentLoopOutput,
+        _agent_loop_registry,
+        register,
+    )
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(f"mini_o3.train.verl.loop runs inside verl; install it with pip install 'mini-o3[verl]' ({error})") from error
 
@@ -34,7 +40,6 @@ def _encoder(tokenizer: Any, processor: Any) -> PromptEncoder:
         return _ENCODERS[key]
 
 
-@register(AGENT_NAME)
 class MiniO3AgentLoop(AgentLoopBase):
     """Runs one Mini-o3 zoom episode per dataset row and returns verl's output record."""
 
@@ -56,3 +61,10 @@ class MiniO3AgentLoop(AgentLoopBase):
         )
         metrics = AgentLoopMetrics(generate_sequences=result.generate_s, tool_calls=max(result.total_s - result.generate_s, 0.0))
         return AgentLoopOutput(**result.output_fields(), metrics=metrics)
+
+
+# verl loads configs/verl/agent_loop.yaml into its registry first and imports this module while
+# instantiating that entry; registering unconditionally would replace the entry, settings and
+# all, with a bare one for every later rollout. So register only when no config did.
+if AGENT_NAME not in _agent_loop_registry:
+    register(AGENT_NAME)(MiniO3AgentLoop)

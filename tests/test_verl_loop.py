@@ -602,3 +602,35 @@ def test_importing_the_loop_keeps_a_config_files_entry(verl_api: types.ModuleTyp
             verl_api._agent_loop_registry.pop("mini_o3")
         else:
             verl_api._agent_loop_registry["mini_o3"] = previous
+
+
+def test_verl_builds_the_loop_from_the_config_file_as_its_worker_does(tiny: tuple, sample: Sample) -> None:
+    # AgentLoopWorker.__init__ loads the file into the registry (agent_loop.py:533-538) and
+    # _run_agent_loop builds each rollout's loop with hydra (:684-694); then run(**row).
+    api = pytest.importorskip("verl.experimental.agent_loop.agent_loop")
+    import hydra
+    from omegaconf import OmegaConf
+
+    model, tokenizer, image_processor = tiny
+    (entry,) = OmegaConf.load(CONFIGS / "agent_loop.yaml")
+    entry.max_pixels, entry.min_pixels, entry.context_reserve, entry.max_new_tokens = SMALL["max_pixels"], SMALL["min_pixels"], 64, 48
+    previous = api._agent_loop_registry.get(entry.name)
+    api._agent_loop_registry[entry.name] = entry
+    try:
+        config, data_config = _config(4096)
+        loop = hydra.utils.instantiate(
+            config=api._agent_loop_registry["mini_o3"], trainer_config=api.DictConfigWrap(config=config),
+            server_manager=TinyServer(*tiny, script=[ZOOM, ANSWER]), tokenizer=tokenizer,
+            processor=build_processor(tokenizer, image_processor), hf_model_type="qwen2_5_vl", dataset_cls=None,
+            data_config=api.DictConfigWrap(data_config), tools=api.ToolListWrap([]),
+        )
+        assert api._agent_loop_registry["mini_o3"] is entry  # importing the module kept the file's entry
+        assert (loop.settings.max_turns, loop.settings.max_pixels, dict(loop.settings.sampling_extra)) == (6, SMALL["max_pixels"], {"include_stop_str_in_output": True})
+        row = sample_to_row(sample, 0)
+        output = asyncio.run(loop.run(dict(SAMPLING), **{**row, "raw_prompt": row["prompt"], "index": 0, "uid": "u0", "session_id": 0}))
+        assert output.reward_score == 1.0 and len(output.multi_modal_data["images"]) == 2
+    finally:
+        if previous is None:
+            api._agent_loop_registry.pop("mini_o3", None)
+        else:
+            api._agent_loop_registry["mini_o3"] = previous

@@ -43,6 +43,7 @@ import torch
 from mini_o3.agent.loop import Episode, run_episodes
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.policy import Policy
+from mini_o3.models.backbone import backbone_of
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
 from mini_o3.train import masking
 from mini_o3.train.config import RLJobConfig, config_json, require_backends
@@ -84,7 +85,7 @@ def trainer_class() -> type:
             self.samples = list(samples)
             self.mini_tokenizer = tokenizer
             self.image_processor = image_processor
-            self.encoder = ConversationEncoder(tokenizer, image_processor)
+            self.encoder = ConversationEncoder(tokenizer, image_processor, backbone_of(self.model))
             self.rewarder = rewarder
             self.episode_config = episode_config(job)
             self.rollout_policy = rollout_policy
@@ -435,7 +436,7 @@ def build_trainer(job: RLJobConfig, samples: Sequence[Sample] | None = None, rol
         reward_funcs=[mini_o3_correctness],
         args=args,
         train_dataset=dataset,
-        processing_class=build_processor(tokenizer, image_processor),
+        processing_class=build_processor(tokenizer, image_processor, backbone_of(model)),
         callbacks=[
             JsonlLogCallback(out / LOG_FILE, step_scale=steps_per_rl_step, step_name="step"),
             SaveImageProcessorCallback(image_processor),

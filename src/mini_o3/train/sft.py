@@ -94,15 +94,14 @@ def collate(encoded: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def freeze_vision(model: Any) -> int:
-    """Freeze the vision tower and its projector (merger); return how many parameters were frozen."""
-    visual = getattr(getattr(model, "model", model), "visual", None)
-    if visual is None:
-        raise ValueError(f"{type(model).__name__} has no vision tower at model.visual; a Qwen2.5-VL-class model is needed")
-    frozen = 0
-    for parameter in visual.parameters():
-        parameter.requires_grad_(False)
-        frozen += parameter.numel()
-    return frozen
+    """Freeze the vision tower and its projector (merger) of the model's family; return how many parameters were frozen."""
+    from mini_o3.models.backbone import CheckpointError, backbone_of
+
+    try:
+        backbone = backbone_of(model)
+    except CheckpointError as error:
+        raise ValueError(f"{type(model).__name__} has no known vision tower: {error}") from error
+    return backbone.freeze_vision(model)
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -137,7 +136,11 @@ def run_sft(config: SFTJobConfig) -> Path:
     model, tokenizer, image_processor = _load_model(config.model_path, config.bf16)
     if config.freeze_vision:
         freeze_vision(model)
-    encoder = ConversationEncoder(tokenizer, image_processor)
+    from mini_o3.models.backbone import backbone_of
+
+    backbone = backbone_of(model)
+    print(f"model family: {backbone.name} ({type(model).__name__})", flush=True)
+    encoder = ConversationEncoder(tokenizer, image_processor, backbone)
     rows = load_rows(config.data, config.limit)
     kept = [row for row in rows if len(encoder.encode_messages(row["messages"], row["images"] or None, with_pixels=False)) <= config.max_length]
     if not kept:
@@ -185,7 +188,7 @@ def run_sft(config: SFTJobConfig) -> Path:
         model=model,
         args=args,
         train_dataset=rows_dataset(kept),
-        processing_class=build_processor(tokenizer, image_processor),
+        processing_class=build_processor(tokenizer, image_processor, backbone),
         data_collator=SFTCollator(encoder, tokenizer.pad_token_id),
         callbacks=[JsonlLogCallback(log_path, step_name="step"), SaveImageProcessorCallback(image_processor)],
     )

@@ -27,7 +27,8 @@ token is right, which is exactly when greedy decoding writes the whole target.
 Outputs in OUT (itself a loadable checkpoint for `tiny.load_checkpoint` / `LocalPolicy`):
 the model, tokenizer and image-processor files (overwritten in place, file by file, with
 atomic renames), `trainer_state/state.pt` (step and optimizer), `pretrain_config.json`,
-`pretrain_log.jsonl` (train and eval records) and `PRETRAIN.md` (how it was made).
+`pretrain_log.jsonl` (train and eval records), `mini_o3_episode.json` (the views it was trained
+on, which search and eval then use) and `PRETRAIN.md` (how it was made).
 Rerun the same command to resume; `--steps` and the other run-length settings may change.
 """
 
@@ -163,6 +164,13 @@ class PretrainConfig:
     def task_weights(self) -> dict[str, float]:
         """Weight of each task in the training mix."""
         return {task: float(getattr(self, f"weight_{task}")) for task in TASKS}
+
+    def episode_settings(self) -> Any:
+        """What the checkpoint remembers of how it sees (mini_o3_episode.json): views of at most view_px^2 pixels."""
+        from mini_o3.models.episode_settings import EpisodeSettings
+
+        resize = self.resize()
+        return EpisodeSettings(view_max_pixels=resize.max_pixels, view_min_pixels=resize.min_pixels, written_by="pretrain")
 
     def resize(self) -> ResizePolicy:
         """How views are shown: squares at view_px, as the demo's ResizePolicy does."""
@@ -457,6 +465,9 @@ def run_pretrain(config: PretrainConfig) -> Path:
     _check_resumable(out, config)
     print("pretrain config:\n" + json.dumps(asdict(config), indent=1), flush=True)
     (out / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1) + "\n")
+    from mini_o3.models.episode_settings import write_episode_settings
+
+    write_episode_settings(out, config.episode_settings())
     shutil.rmtree(out / ".staging", ignore_errors=True)
     if not (out / "config.json").is_file():
         build_tiny(out, seed=config.seed, size=config.model_size)

@@ -59,7 +59,7 @@ def episode_settings(model_path: Optional[Path | str], **flags: object) -> "Epis
         resolved = resolve_settings(model_path, EPISODE_FIELDS, **flags)
     except ValueError as error:
         raise typer.BadParameter(str(error))
-    console.print("[bold]episode settings[/bold] (flag > the checkpoint's mini_o3_episode.json > default):\n" + escape(resolved.describe()))
+    console.print("[bold]episode settings[/bold] (flag > the checkpoint's mini_o3_episode.json > default):\n" + escape(resolved.describe()), soft_wrap=True)
     return resolved.settings
 
 

@@ -97,7 +97,7 @@ class Backbone:
         The processor's own rule (transformers' `smart_resize`): round each side to the nearest
         multiple, then scale down below `max_pixels` (flooring) or up above `min_pixels` (ceiling).
         """
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         low = self.processor_min_pixels if min_pixels is None else min_pixels
         high = self.processor_max_pixels if max_pixels is None else max_pixels

@@ -130,4 +130,9 @@ def resolve_settings(folder: str | Path | None, fields: tuple[str, ...], **flags
     unknown = set(flags) - set(fields)
     if unknown:
         raise ValueError(f"unknown episode settings {sorted(unknown)}")
+    low, high = values.get("view_min_pixels", base.view_min_pixels), values.get("view_max_pixels", base.view_max_pixels)
+    if low > high and sources.get("view_min_pixels") != "flag":
+        # Asking for smaller views than the stored minimum lowers the minimum with them.
+        values["view_min_pixels"] = high
+        sources["view_min_pixels"] = f"{sources.get('view_min_pixels', origin)}, lowered to view_max_pixels"
     return ResolvedSettings(base.replace(**values), sources)

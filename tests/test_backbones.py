@@ -148,3 +148,20 @@ def test_freezing_the_vision_tower_leaves_the_language_model_trainable(tiny: tup
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and not any(".visual." in name for name in trainable)
     assert model.get_input_embeddings().weight.requires_grad
+
+
+@pytest.mark.parametrize(("preset", "family"), [("qwen3-vl-8b", "qwen3-vl"), ("qwen3.5-9b", "qwen3.5")])
+def test_presets_spend_the_papers_image_budget_in_their_familys_tokens(preset: str, family: str) -> None:
+    import dataclasses
+
+    from mini_o3.train.config import load_preset
+
+    paper, adapted, backbone = load_preset("qwen2.5-vl-7b"), load_preset(preset), backbone_named(family)
+    paper_tokens = paper.rl.image_max_pixels // backbone_named("qwen2.5-vl").pixels_per_token_side ** 2
+    assert abs(adapted.rl.image_max_pixels // backbone.pixels_per_token_side**2 - paper_tokens) <= 1
+    assert adapted.rl.image_min_pixels == backbone.processor_min_pixels
+    # Everything else is the paper's recipe: the departures are the image budget alone.
+    for section in ("sft", "rl"):
+        ours, theirs = dataclasses.asdict(getattr(adapted, section)), dataclasses.asdict(getattr(paper, section))
+        differ = {name for name in ours if ours[name] != theirs[name]}
+        assert differ <= {"image_max_pixels", "image_min_pixels"}, differ

@@ -165,3 +165,17 @@ def test_presets_spend_the_papers_image_budget_in_their_familys_tokens(preset: s
         ours, theirs = dataclasses.asdict(getattr(adapted, section)), dataclasses.asdict(getattr(paper, section))
         differ = {name for name in ours if ours[name] != theirs[name]}
         assert differ <= {"image_max_pixels", "image_min_pixels"}, differ
+
+
+def test_a_checkpoint_whose_template_opens_the_thought_is_rendered_so(tmp_path: Path) -> None:
+    from mini_o3.models import qwen3_5
+
+    checkpoint = build_tiny(tmp_path / "thinking", seed=0, family="qwen3-vl")
+    config = json.loads((checkpoint / "tokenizer_config.json").read_text())
+    # A Qwen3-VL-Thinking-like checkpoint: model_type qwen3_vl, a template that writes "<think>\n".
+    (checkpoint / "chat_template.jinja").write_text(qwen3_5.CHAT_TEMPLATE)
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps(config))
+    with LocalPolicy(checkpoint) as policy:
+        assert policy.backbone.name == "qwen3-vl" and policy.backbone.generation_prefix == "<think>\n"
+        prompt = policy.encode([protocol.system_message(), protocol.first_user_message(Image.new("RGB", (64, 64)), "Q?")])
+        assert policy.encoder.decode(prompt.input_ids, skip_special_tokens=False).endswith("<|im_start|>assistant\n<think>\n")

@@ -16,6 +16,7 @@ to build a tiny random model of that family for the tests and the demo.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -244,6 +245,34 @@ def read_backbone(directory: str | Path) -> Backbone:
 def backbone_of(model: Any) -> Backbone:
     """The family of a loaded model, from its config."""
     return backbone_for_model_type(getattr(getattr(model, "config", None), "model_type", None), type(model).__name__)
+
+
+def template_generation_prefix(tokenizer: Any) -> str | None:
+    """What the tokenizer's own chat template writes after `<|im_start|>assistant\n` in a generation prompt.
+
+    None when the tokenizer has no template or it does not render a probe conversation.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    try:
+        text = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    except Exception:  # noqa: BLE001 - a user's template may raise anything; we then keep the family's
+        return None
+    header = f"{IM_START}assistant\n"
+    return text.rsplit(header, 1)[1] if isinstance(text, str) and header in text else None
+
+
+def with_checkpoint_template(backbone: Backbone, tokenizer: Any) -> Backbone:
+    """`backbone` with the generation prefix the checkpoint's own template writes, where it has one.
+
+    So a Qwen3-VL-Thinking checkpoint (model_type qwen3_vl, a template that opens "<think>\n")
+    is rendered as its template does, and Qwen3.5 with `enable_thinking` off by default would be too.
+    """
+    prefix = template_generation_prefix(tokenizer)
+    if prefix is None or prefix == backbone.generation_prefix:
+        return backbone
+    return dataclasses.replace(backbone, generation_prefix=prefix)
 
 
 def mrope_section(rotary_dim: int) -> list[int]:

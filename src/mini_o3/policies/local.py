@@ -35,7 +35,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from mini_o3.agent.images import as_pil
 from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
-from mini_o3.models.backbone import VISION_TOKENS, Backbone, backbone_named, backbone_of
+from mini_o3.models.backbone import VISION_TOKENS, Backbone, backbone_named, backbone_of, with_checkpoint_template
 
 SUPPRESSED_TOKENS = VISION_TOKENS
 """Tokens a policy must never write (a random model would otherwise sample them)."""
@@ -65,8 +65,8 @@ class PromptEncoder:
     def __init__(self, tokenizer: Any, image_processor: Any, image_cache_bytes: int = 512 * 2**20, backbone: Backbone | None = None) -> None:
         from tokenizers import Tokenizer
 
-        self.backbone = backbone or backbone_named("qwen2.5-vl")
-        """The family whose chat markup prompts are rendered in."""
+        self.backbone = with_checkpoint_template(backbone or backbone_named("qwen2.5-vl"), tokenizer)
+        """The family whose chat markup prompts are rendered in (its opener as the checkpoint's template writes it)."""
         # A private copy of the Rust tokenizer: the transformers wrapper changes padding and
         # truncation state on every call, which is not safe across threads.
         self._backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -302,9 +302,9 @@ class LocalPolicy:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.device = torch.device(device)
-        self.backbone = backbone_of(model)
-        """The model's family, read from its config."""
-        self.encoder = PromptEncoder(tokenizer, image_processor, backbone=self.backbone)
+        self.encoder = PromptEncoder(tokenizer, image_processor, backbone=backbone_of(model))
+        self.backbone = self.encoder.backbone
+        """The model's family, read from its config (and its template's opener from the tokenizer)."""
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.suppressed = [_token_id(tokenizer, token) for token in SUPPRESSED_TOKENS if tokenizer.convert_tokens_to_ids(token) is not None]

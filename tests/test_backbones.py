@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from mini_o3.agent import protocol
@@ -87,7 +88,7 @@ def test_rendering_is_the_published_templates(tiny: tuple[str, Path]) -> None:
     _, tokenizer, _ = load_checkpoint(checkpoint)
     image = Image.new("RGB", (64, 64))
     messages = conversation(image, image)
-    first = messages[:2]
+    first = [messages[0], protocol.first_user_message(image, "What colour is the sign? \n")]  # Qwen3.5's template trims
     assert backbone.render_messages(first) == tokenizer.apply_chat_template(first, tokenize=False, add_generation_prompt=True)
     if family == "qwen3.5":
         assert backbone.render_messages(first).endswith("<|im_start|>assistant\n<think>\n")
@@ -134,7 +135,20 @@ def test_the_local_policy_generates_on_each_family(tiny: tuple[str, Path]) -> No
         assert policy.backbone.name == family
         prompt = policy.encode(messages)
         assert sum(prompt.mm_token_type_ids()) == policy.image_tokens(200, 120) > 0
+        rendered = policy.encoder.decode(prompt.input_ids, skip_special_tokens=False)
+        assert rendered.endswith(backbone_named(family).assistant_header)
         generations = [policy.generate(messages, SamplingParams(max_new_tokens=6, seed=seed, temperature=1.0)) for seed in (0, 0, 1)]
+        # The first token's log-prob is the one a teacher-forced forward pass with the image's
+        # multimodal positions gives (generation without mm_token_type_ids silently falls back
+        # to 1-D positions on every family and would differ).
+        ids = torch.tensor([prompt.input_ids])
+        with torch.no_grad():
+            logits = policy.model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=prompt.pixel_values,
+                image_grid_thw=prompt.image_grid_thw, mm_token_type_ids=torch.tensor([prompt.mm_token_type_ids()]),
+            ).logits[0, -1]
+        expected = torch.log_softmax(logits.float(), dim=-1)[generations[0].token_ids[0]].item()
+    assert generations[0].logprobs[0] == pytest.approx(expected, abs=1e-4)
     assert generations[0].token_ids == generations[1].token_ids  # seeded: the same tokens
     assert all(len(g.logprobs) == len(g.token_ids) > 0 for g in generations)
     assert all(value <= 0 for g in generations for value in g.logprobs)

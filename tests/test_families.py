@@ -164,3 +164,18 @@ def test_a_tiny_qwen3_vl_trained_by_mini_o3_sft_answers_through_mini_o3_search(c
     assert flagged.exit_code == 0 and "view_max_pixels = 40000  (flag)" in flagged.output
     views = json.loads((tmp_path / "flagged" / "trajectories.jsonl").read_text().splitlines()[0])["views"]
     assert views[0]["size"][0] * views[0]["size"][1] > VIEW
+
+
+def test_pretraining_steps_on_each_family(tiny: Path, tmp_path: Path) -> None:
+    from mini_o3.demo.pretrain import PretrainConfig, run_pretrain
+
+    family = read_backbone(tiny).name
+    config = PretrainConfig(
+        out=str(tmp_path / "base"), steps=2, batch_size=2, grids=(2,), image_sizes=(224,), n_eval=2, eval_every=2,
+        log_every=1, save_every_s=0.0, warmup_steps=1, family=family,
+    )
+    out = run_pretrain(config)
+    records = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "train"] == [1, 2]
+    assert read_backbone(out).name == family
+    assert read_episode_settings(out).view_max_pixels == 112 * 112

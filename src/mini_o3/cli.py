@@ -355,11 +355,12 @@ def pretrain(
     out: str = typer.Option("checkpoints/base-tiny", help="Checkpoint folder; reruns resume."),
     steps: int = typer.Option(4000, help="Optimizer steps in all."),
     threads: int = typer.Option(1, help="Torch threads."),
+    family: str = typer.Option("qwen2.5-vl", help="The family of a new model: qwen2.5-vl, qwen3-vl or qwen3.5."),
 ) -> None:
     """Pre-train the demo's tiny base model to see the synthetic grid world (crops, colours)."""
     from mini_o3.demo.pretrain import main as pretrain_main
 
-    pretrain_main(["--out", out, "--steps", str(steps), "--threads", str(threads)])
+    pretrain_main(["--out", out, "--steps", str(steps), "--threads", str(threads), "--family", family])
 
 
 @app.command()
@@ -419,6 +420,7 @@ def demo(
     rl_steps: Optional[int] = typer.Option(None, help="RL steps (default: the preset's)."),
     rl_learning_rate: Optional[float] = typer.Option(None, help="RL learning rate (default: the preset's)."),
     sft_from: Optional[Path] = typer.Option(None, help="Reuse the data, cold start and SFT model of this finished demo run (same settings) and run only RL and evaluation: RL sweeps from one SFT model."),
+    base: Optional[Path] = typer.Option(None, help="Start from this checkpoint instead of checkpoints/base-tiny, of any family (e.g. `mini-o3 pretrain --family qwen3-vl --out DIR`)."),
 ) -> None:
     """The whole recipe offline on a tiny model: data, cold start, SFT, RL, evaluation, report."""
     from mini_o3.demo.pipeline import demo_config, run_demo
@@ -431,6 +433,8 @@ def demo(
     overrides.update({key: value for key, value in optional.items() if value is not None})
     if sft_from is not None:
         overrides["sft_from"] = str(sft_from)
+    if base is not None:
+        overrides["base"] = str(base)
     try:
         config = demo_config(preset, **overrides)
     except ValueError as error:

@@ -110,6 +110,8 @@ class PretrainConfig:
     """Seeds the random model and the example stream."""
     model_size: str = "tiny"
     """`mini_o3.models.tiny` size built when OUT holds no checkpoint yet."""
+    family: str = "qwen2.5-vl"
+    """The model family built when OUT holds no checkpoint yet: qwen2.5-vl, qwen3-vl or qwen3.5."""
     grids: tuple[int, ...] = (2, 3, 4)
     """Grid sides drawn per scene (G x G cells)."""
     image_sizes: tuple[int, ...] = (448, 672, 896)
@@ -311,12 +313,13 @@ class Encoded:
 def encode_example(example: Example, encoder: Any) -> Encoded:
     """Token ids (prompt + target), labels (-100 outside the target) and images of an example."""
     prompt = encoder.encode(example.messages, add_generation_prompt=True)
+    backbone = encoder.backbone  # the family's markup (Qwen3.5 opens the thought in the prompt)
     if example.partial:
         full_messages = example.messages
-        text = protocol.render_messages(full_messages, add_generation_prompt=True) + example.target
+        text = backbone.render_messages(full_messages, add_generation_prompt=True) + backbone.assistant_body(example.target)
     else:
         full_messages = example.messages + [protocol.assistant_message(example.target)]
-        text = protocol.render_messages(full_messages, add_generation_prompt=False)
+        text = backbone.render_messages(full_messages, add_generation_prompt=False)
     raw = encoder.encode_text(text)
     if not example.partial:
         raw = raw[:-1] if encoder.decode(raw[-1:], skip_special_tokens=False) == "\n" else raw
@@ -405,7 +408,8 @@ def _check_resumable(out: Path, config: PretrainConfig) -> None:
         if (out / "config.json").is_file():
             raise PretrainError(f"{out} holds a checkpoint this command did not make (no {CONFIG_FILE}); choose another --out")
         return
-    saved = json.loads(path.read_text())
+    # A setting added since the run was saved counts as its default there.
+    saved = {**json.loads(json.dumps(asdict(PretrainConfig(out=config.out)))), **json.loads(path.read_text())}
     now = json.loads(json.dumps(asdict(config)))
     differ = sorted(k for k in set(saved) | set(now) if k not in _RUN_LENGTH_FIELDS and saved.get(k) != now.get(k))
     if differ:
@@ -470,7 +474,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
     write_episode_settings(out, config.episode_settings())
     shutil.rmtree(out / ".staging", ignore_errors=True)
     if not (out / "config.json").is_file():
-        build_tiny(out, seed=config.seed, size=config.model_size)
+        build_tiny(out, seed=config.seed, size=config.model_size, family=config.family)
     torch.manual_seed(config.seed)
     model, tokenizer, image_processor = load_checkpoint(out)
     model.train()

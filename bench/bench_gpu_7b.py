@@ -20,6 +20,7 @@ it in /tmp: run one or two stages per call there (measured figures: README, "Mea
 """
 import argparse
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -132,7 +133,9 @@ def main() -> None:
     record()
 
     resize = ResizePolicy(max_pixels=args.pixels, min_pixels=min_pixels)
-    synthesize(root / "synth", 8, "hard", 3072, 0, progress=False, options=SynthOptions(contact_sheet=0, resize=resize))
+    # 'hard' needs the first view at least 2x smaller than the original: 3072 px for 2M-pixel views, more above.
+    side = max(3072, math.ceil(2.1 * math.sqrt(args.pixels) / 64) * 64)
+    synthesize(root / "synth", 8, "hard", side, 0, progress=False, options=SynthOptions(contact_sheet=0, resize=resize))
     samples = load_synthetic(root / "synth")
     config = EpisodeConfig(limits=Limits(max_turns=6), resize=resize)
     episodes = list(run_episodes(OraclePolicy(resize=resize, max_turns=6), [(s, 0) for s in samples], config, concurrency=4))

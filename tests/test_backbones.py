@@ -193,3 +193,16 @@ def test_a_checkpoint_whose_template_opens_the_thought_is_rendered_so(tmp_path: 
         assert policy.backbone.name == "qwen3-vl" and policy.backbone.generation_prefix == "<think>\n"
         prompt = policy.encode([protocol.system_message(), protocol.first_user_message(Image.new("RGB", (64, 64)), "Q?")])
         assert policy.encoder.decode(prompt.input_ids, skip_special_tokens=False).endswith("<|im_start|>assistant\n<think>\n")
+
+
+def test_checkpoints_name_their_familys_stock_processor(tiny: tuple[str, Path], tmp_path: Path) -> None:
+    from mini_o3.models.tiny import build_processor
+
+    family, checkpoint = tiny
+    stock = backbone_named(family).processor_class
+    assert stock == ("Qwen2_5_VLProcessor" if family == "qwen2.5-vl" else "Qwen3VLProcessor")
+    assert json.loads((checkpoint / "tokenizer_config.json").read_text())["processor_class"] == stock
+    model, tokenizer, image_processor = load_checkpoint(checkpoint)
+    build_processor(tokenizer, image_processor, backbone_of(model)).save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "processor_config.json").read_text())["processor_class"] == stock
+    assert json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())["processor_class"] == stock

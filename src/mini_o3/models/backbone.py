@@ -80,6 +80,8 @@ class Backbone:
 
     Qwen2.5-VL silently falls back to 1-D positions without it; Qwen3-VL and Qwen3.5 raise.
     """
+    processor_class: str = "Qwen2_5_VLProcessor"
+    """The family's stock processor class, the name checkpoints give AutoProcessor (see `models.interop`)."""
     tokenizer_class: str = "Qwen2Tokenizer"
     """The transformers tokenizer class the tiny checkpoint is saved with."""
     build_tiny_config: Callable[[Any, Callable[[str], int], int], Any] | None = field(default=None, compare=False, repr=False)

@@ -127,6 +127,7 @@ BACKBONE = Backbone(
     trims_content=True,
     extra_tokens=("<think>", "</think>"),
     tokenizer_class="Qwen3_5Tokenizer",
+    processor_class="Qwen3VLProcessor",
     build_tiny_config=tiny_config,
 )
 """Qwen3.5 (dense hybrid; thinking on, as its template defaults)."""

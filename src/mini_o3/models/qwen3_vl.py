@@ -112,6 +112,7 @@ BACKBONE = Backbone(
     processor_max_pixels=16_777_216,
     chat_template=CHAT_TEMPLATE,
     extra_tokens=("<think>", "</think>"),
+    processor_class="Qwen3VLProcessor",
     build_tiny_config=tiny_config,
 )
 """Qwen3-VL (dense; the Instruct template)."""

@@ -29,6 +29,7 @@ from mini_o3.agent import protocol
 from mini_o3.models.backbone import Backbone, CheckpointError, backbone_named, read_backbone, round_vocab  # noqa: F401 - CheckpointError is re-exported
 from mini_o3.models.processors import ImageOnlyQwen2_5_VLProcessor  # noqa: F401 - re-exported
 from mini_o3.models.qwen2_5_vl import CHAT_TEMPLATE  # noqa: F401 - re-exported
+from mini_o3.models.interop import SAMPLING_DEFAULTS, mark_for_saving
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -290,11 +291,11 @@ def build_config(spec: TinySpec, tokenizer: Any, family: str = DEFAULT_FAMILY) -
 
 
 def generation_config(tokenizer: Any) -> Any:
-    """The Qwen families' generation defaults in `tokenizer`'s ids: a turn ends at <|im_end|> or <|endoftext|>."""
+    """The Qwen families' end tokens in `tokenizer`'s ids (a turn ends at <|im_end|> or <|endoftext|>), sampling as mini-o3 does."""
     from transformers import GenerationConfig
 
     endoftext, im_end = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext)
+    return GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext, **SAMPLING_DEFAULTS)
 
 
 def build_model(spec: TinySpec, tokenizer: Any, seed: int = 0, family: str = DEFAULT_FAMILY) -> Any:
@@ -334,6 +335,7 @@ def build_tiny(
     tokenizer = build_tokenizer(spec.bpe_vocab, family)
     image_processor = build_image_processor(min_pixels, max_pixels, family)
     model = build_model(spec, tokenizer, seed, family)
+    mark_for_saving(model, tokenizer, backbone_named(family).processor_class)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
@@ -379,6 +381,7 @@ def load_checkpoint(
             "config.json, the weights (*.safetensors) and the tokenizer files)"
         ) from error
     model = model.to(device).eval()
+    mark_for_saving(model, tokenizer, backbone.processor_class)  # whatever saves them next (SFT, RL, pre-training) writes files other tools read right
     image_processor = _load_image_processor(directory, backbone, min_pixels, max_pixels)
     return model, tokenizer, image_processor
 

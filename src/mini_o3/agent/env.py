@@ -21,6 +21,7 @@ from mini_o3.agent.images import (
     DEFAULT_IMAGE_PIXEL_LIMIT,
     BoxError,
     ResizePolicy,
+    crop,
     data_url,
     open_image,
     resize_for_model,
@@ -211,7 +212,7 @@ class ZoomEnv:
             box = zoom_box_in_original(action.bbox, source.record.box, self.resize.max_aspect)
         except BoxError as error:
             return self._feedback_error(turn, f"invalid bbox_2d {list(action.bbox)} on {action.source}: {error}")
-        shown = resize_for_model(self.original.crop(box), self.resize)
+        shown = resize_for_model(crop(self.original, box), self.resize)
         record = ViewRecord(index=len(self.views), box=box, size=shown.size, source=index, relative_box=action.bbox)
         view = View(record, shown)
         action_number, observation_number = protocol.observation_label(
@@ -267,5 +268,5 @@ def replay_views(trajectory: Trajectory, original: Image.Image, resize: ResizePo
     """The images a trajectory showed, recomputed from the original and the recorded boxes."""
     images = [resize_for_model(original, resize, first=True)]
     for view in trajectory.views[1:]:
-        images.append(resize_for_model(original.crop(view.box), resize))
+        images.append(resize_for_model(crop(original, view.box), resize))
     return images

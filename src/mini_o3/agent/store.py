@@ -1,10 +1,10 @@
 """Trajectories on disk: an append-only JSONL file plus the images each episode showed.
 
 Every episode handed to `add` ends up as one line: one that cannot be written as it ran (text
-no boundary cleaned, a NaN, an object that is no JSON, a view that will not save) is written
-as an `error` episode (error_kind "save") with everything made JSON-safe, so a job never dies
-on a save and a rerun with retry_errors runs it again. Only a failure to write that line (a
-full disk) raises.
+no boundary cleaned, a NaN, an object that is no JSON) is written as an `error` episode
+(error_kind "save") with everything made JSON-safe, so what an episode holds never stops a
+job, and a rerun with retry_errors runs it again. Only the file system failing (an OSError:
+a full disk, a file where the views folder goes) raises, since then nothing can be saved.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ class TrajectoryStore:
     def add(self, episode: Episode) -> Trajectory:
         """Save an episode's views, then append its trajectory (so a written line has its images); returns what was saved."""
         trajectory = episode.trajectory
+        if self.save_views and episode.views:
+            self._save_views(episode)  # an OSError (disk full, a file where a folder goes) stops the job: nothing could be saved
         try:
-            if self.save_views and episode.views:
-                self._save_views(episode)
             line = encode_line(trajectory.to_dict())
-        except Exception as error:  # noqa: BLE001 - whatever it is, the episode is kept as an error
+        except Exception as error:  # noqa: BLE001 - what the episode holds, whatever it is, is kept as an error
             trajectory = _saved_as_error(trajectory, error)
             line = encode_line(trajectory.to_dict())
         self._appender.append_line(line)

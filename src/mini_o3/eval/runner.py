@@ -197,6 +197,8 @@ class EvalResult:
     """Episodes the judge gave no verdict on (they keep their rule score)."""
     statuses: dict[str, int] = field(default_factory=dict)
     """Episodes of the run by status."""
+    unreadable_images: int = 0
+    """Error episodes whose image passed the header check at load but could not be decoded; left out of the metrics."""
 
     @property
     def turns_per_s(self) -> float:
@@ -292,7 +294,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
     console.print(f"[bold]mini-o3 eval[/bold] -> {run_dir}")
     console.print_json(json.dumps(config.to_dict(), default=str))
 
-    loaded = load_dataset(config.data, skip_bad=config.skip_bad, limit=config.limit)
+    loaded = load_dataset(config.data, skip_bad=config.skip_bad, limit=config.limit, pixel_limit=config.pixel_limit)
     samples = loaded.samples
     _check_unique_ids(samples, config.data)
     if loaded.reasons:
@@ -380,6 +382,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
         skipped_records=loaded.skipped,
         judge_errors=judge_errors,
         statuses=statuses,
+        unreadable_images=sum(1 for trajectory in trajectories.values() if trajectory.error_kind == "image"),
     )
     if config.report:
         from mini_o3.eval.report import write_report
@@ -509,8 +512,13 @@ def _print_summary(console: Console, result: EvalResult) -> None:
     headline = _headline(result.metrics)
     if headline:
         console.print(headline)
-    if result.errors:
-        console.print(f"[yellow]{result.errors} episodes ended in error; run the same command with --retry-errors to run them again[/yellow]")
+    if result.unreadable_images:
+        console.print(
+            f"[yellow]{result.unreadable_images} episodes could not decode their image (see unreadable_images in {METRICS_FILE}); "
+            "they are left out of the metrics: replace those files, then run the same command with --retry-errors[/yellow]"
+        )
+    if result.errors - result.unreadable_images:
+        console.print(f"[yellow]{result.errors - result.unreadable_images} episodes ended in error; run the same command with --retry-errors to run them again[/yellow]")
     if result.judge_errors:
         console.print(f"[yellow]the judge gave no verdict on {result.judge_errors} episodes (they keep their rule score); rerun `rescore` to ask again[/yellow]")
     console.print(f"wrote {result.run_dir / METRICS_FILE}" + (f" and {result.run_dir / 'index.html'}" if (result.run_dir / "index.html").exists() else ""))

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -17,22 +17,52 @@ from mini_o3.agent.sample import Sample
 from mini_o3.agent.env import INFERENCE_LIMITS, ZoomEnv
 from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, open_image
 from mini_o3.agent.policy import Policy, SamplingParams
-from mini_o3.agent.trajectory import TurnRecord
+from mini_o3.agent.trajectory import Status, TurnRecord
+from mini_o3.jsonl import safe_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Vision-language agents that search high-resolution images by zooming.")
 console = Console()
 
 
-def build_policy(api: Optional[str], model: Optional[str], model_path: Optional[Path], api_key_env: str = "OPENAI_API_KEY") -> Policy:
+TIMEOUT_HELP = "Seconds to wait for each server reply before retrying (default: the HTTP client's, 120)."
+RETRIES_HELP = "Retries of a failed request (timeouts, 429, 5xx, dropped connections) before the episode ends in error (default 5)."
+PIXEL_LIMIT_HELP = "Refuse images with more pixels than this (checked on the header, before any decode)."
+
+
+def fail(message: str) -> NoReturn:
+    """A user error: one red line naming the fix, exit status 2."""
+    console.print(f"[red]error:[/red] {escape(safe_text(message))}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def http_options(timeout: Optional[float], retries: Optional[int]) -> dict[str, float | int]:
+    """`--timeout` and `--retries` as HttpPolicy keywords (only those given), checked."""
+    if timeout is not None and not timeout > 0:
+        fail(f"--timeout must be more than 0 seconds, got {timeout:g}")
+    if retries is not None and retries < 0:
+        fail(f"--retries must be 0 or more, got {retries}")
+    given = {"timeout_s": timeout, "max_retries": retries}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def build_policy(
+    api: Optional[str],
+    model: Optional[str],
+    model_path: Optional[Path],
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: Optional[float] = None,
+    retries: Optional[int] = None,
+) -> Policy:
     """An HTTP policy for `--api URL[,URL...] --model NAME`, or a local one for `--model-path DIR`."""
     if (api is None) == (model_path is None):
         raise typer.BadParameter("give either --api URL --model NAME (a server) or --model-path DIR (a local checkpoint)")
+    options = http_options(timeout, retries)
     if api is not None:
         if not model:
             raise typer.BadParameter("--api needs --model NAME (the model name the server serves)")
         from mini_o3.policies.http import HttpPolicy
 
-        return HttpPolicy([url.strip() for url in api.split(",") if url.strip()], model=model, api_key_env=api_key_env)
+        return HttpPolicy([url.strip() for url in api.split(",") if url.strip()], model=model, api_key_env=api_key_env, **options)
     from mini_o3.policies.local import LocalPolicy
 
     return LocalPolicy(model_path)
@@ -73,21 +103,24 @@ def search(
     seed: Optional[int] = typer.Option(None, help="Sampling seed."),
     numbering: str = typer.Option("reference", help="Observation labels: reference (as the checkpoint was trained) or consistent."),
     out: Optional[Path] = typer.Option(None, help="Where to write the trajectory, the crops and boxes.png."),
-    image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help="Refuse images with more pixels than this."),
+    image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help=PIXEL_LIMIT_HELP),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+    timeout: Optional[float] = typer.Option(None, help=TIMEOUT_HELP),
+    retries: Optional[int] = typer.Option(None, help=RETRIES_HELP),
 ) -> None:
-    """Answer QUESTION about IMAGE by zooming, printing every turn."""
+    """Answer QUESTION about IMAGE by zooming, printing every turn; exit status 1 when the episode ends in error."""
     from mini_o3.eval.draw import draw_zoom_boxes
     from mini_o3.agent.store import TrajectoryStore
 
     if numbering not in ("reference", "consistent"):
         raise typer.BadParameter("--numbering must be 'reference' or 'consistent'")
+    question = safe_text(question)  # bytes of the command line that are not UTF-8 arrive as lone surrogates
+    options = http_options(timeout, retries)
     try:
         original = open_image(image, image_pixel_limit)
     except ImageLoadError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2)
-    policy = build_policy(api, model, model_path, api_key_env)
+        fail(str(error))
+    policy = build_policy(api, model, model_path, api_key_env, **_as_cli(options))
     config = EpisodeConfig(
         limits=replace(INFERENCE_LIMITS, max_turns=max_turns, numbering=numbering),
         sampling=SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
@@ -107,6 +140,13 @@ def search(
         store.add(episode)
     draw_zoom_boxes(original, trajectory).save(out / "boxes.png")
     console.print(f"wrote {store.path} and {out / 'boxes.png'}")
+    if trajectory.status is Status.ERROR:
+        raise typer.Exit(1)
+
+
+def _as_cli(options: dict[str, float | int]) -> dict[str, float | int]:
+    """HttpPolicy keywords back as build_policy's (`timeout`, `retries`)."""
+    return {{"timeout_s": "timeout", "max_retries": "retries"}[name]: value for name, value in options.items()}
 
 
 @app.command()
@@ -152,7 +192,10 @@ def eval_run(
     skip_bad: bool = typer.Option(False, help="Skip and count bad records instead of stopping."),
     retry_errors: bool = typer.Option(False, help="Run again the episodes recorded as errors."),
     max_pixels: int = typer.Option(2_000_000, help="Images are shown at most this many pixels."),
-    min_pixels: int = typer.Option(40_000, help="Images are shown at least this many pixels."),
+    min_pixels: Optional[int] = typer.Option(None, help="Images are shown at least this many pixels (default 40,000, or --max-pixels when lower)."),
+    image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help=PIXEL_LIMIT_HELP),
+    timeout: Optional[float] = typer.Option(None, help=TIMEOUT_HELP),
+    retries: Optional[int] = typer.Option(None, help=RETRIES_HELP),
     numbering: str = typer.Option("reference", help="Observation labels: reference or consistent."),
     judge_api: Optional[str] = typer.Option(None, help="An OpenAI-compatible judge endpoint (optional; rules score by default)."),
     judge_model: Optional[str] = typer.Option(None, help="The judge's model name."),
@@ -173,14 +216,37 @@ def eval_run(
         if not judge_model:
             raise typer.BadParameter("--judge-api needs --judge-model")
         judge = JudgeConfig(base_url=judge_api, model=judge_model, api_key_env=judge_api_key_env)
+    min_pixels = shown_minimum(min_pixels, max_pixels)
     config = EvalConfig(
         data=data, out=out, samples=samples, max_turns=max_turns, concurrency=concurrency, temperature=temperature,
         max_new_tokens=max_new_tokens, seed=seed, limit=limit, skip_bad=skip_bad, retry_errors=retry_errors,
         max_pixels=max_pixels, min_pixels=min_pixels, numbering=numbering, judge=judge, judge_mode=judge_mode,
+        pixel_limit=image_pixel_limit,
     )
-    policy = build_policy(api, model, model_path, api_key_env)
-    result = run_eval(config, policy, console=console)
+    from mini_o3.data.benchmarks import DatasetError
+    from mini_o3.eval.run_dir import RunDirError
+
+    policy = build_policy(api, model, model_path, api_key_env, timeout, retries)
+    try:
+        result = run_eval(config, policy, console=console)
+    except (RunDirError, DatasetError) as error:  # a user's folder or file
+        fail(str(error))
     console.print(f"report: {result.run_dir / 'index.html'}")
+
+
+DEFAULT_MIN_PIXELS = 40_000
+
+
+def shown_minimum(min_pixels: Optional[int], max_pixels: int) -> int:
+    """--min-pixels as given, or its default lowered (and said so) to a --max-pixels below it; a given one above is an error."""
+    if min_pixels is None:
+        if max_pixels < DEFAULT_MIN_PIXELS:
+            console.print(f"[yellow]--min-pixels lowered to {max_pixels} (its default, {DEFAULT_MIN_PIXELS:,}, is above --max-pixels)[/yellow]")
+            return max_pixels
+        return DEFAULT_MIN_PIXELS
+    if min_pixels > max_pixels:
+        fail(f"--min-pixels ({min_pixels:,}) is above --max-pixels ({max_pixels:,}); lower --min-pixels or raise --max-pixels")
+    return min_pixels
 
 
 @eval_app.command("compare")
@@ -227,6 +293,9 @@ def collect(
     limit: Optional[int] = typer.Option(None, help="Only the first N questions."),
     skip_bad: bool = typer.Option(False, help="Skip and count bad records."),
     out: str = typer.Option("runs/collect", help="Output folder; the same command again resumes."),
+    image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help=PIXEL_LIMIT_HELP),
+    timeout: Optional[float] = typer.Option(None, help="api: " + TIMEOUT_HELP),
+    retries: Optional[int] = typer.Option(None, help="api: " + RETRIES_HELP),
 ) -> None:
     """Collect cold-start trajectories: keep only correct, well-formed, balanced, unique ones."""
     from mini_o3.coldstart.collect import CollectConfig, CollectDirError
@@ -234,18 +303,20 @@ def collect(
 
     if policy not in ("api", "local", "oracle"):
         raise typer.BadParameter("--policy must be api, local or oracle")
+    from mini_o3.data.benchmarks import DatasetError
+
+    options = http_options(timeout, retries)
     config = CollectConfig(
         data=data, policy=policy, api=api, model=model, model_path=model_path, exemplars=exemplars,
         exemplars_per_prompt=exemplars_per_prompt, per_question=per_question, rounds=rounds, max_turns=max_turns,
         temperature=temperature, add_accepted_to_exemplars=add_accepted_to_exemplars, concurrency=concurrency,
-        seed=seed, limit=limit, skip_bad=skip_bad, out=out,
+        seed=seed, limit=limit, skip_bad=skip_bad, out=out, pixel_limit=image_pixel_limit, **options,
     )
     print_config("collect", config.to_dict())
     try:
         report = run_collect(config)
-    except CollectDirError as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(2)
+    except (CollectDirError, DatasetError) as error:
+        fail(str(error))
     console.print(report.summary())
 
 

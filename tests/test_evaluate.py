@@ -451,3 +451,12 @@ def test_tiny_model_end_to_end_through_a_loopback_server(tmp_path: Path, serve) 
     assert (tmp_path / "run" / "index.html").is_file()
     turns = [turn for t in latest_trajectories(tmp_path / "run").values() for turn in t.turns]
     assert all(turn.completion_tokens is not None and turn.completion_tokens <= 12 for turn in turns)
+
+
+def test_a_rerun_removes_the_temporaries_a_killed_run_left(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", count=2)
+    run_eval(config(data, tmp_path / "run"), zoom_then_red())
+    left = tmp_path / "run" / f".results.jsonl.{'ab' * 16}.tmp"  # killed while rewriting results.jsonl
+    left.write_text("half")
+    run_eval(config(data, tmp_path / "run"), zoom_then_red())
+    assert not left.exists()

@@ -54,7 +54,7 @@ from mini_o3.eval.run_dir import (
 )
 from mini_o3.eval.run_scoring import _write_results, episode_results, result_record, rule_score, score_run, summarize_run
 from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT
-from mini_o3.jsonl import JsonlAppender, repair_tail, write_atomic, write_json
+from mini_o3.jsonl import JsonlAppender, remove_stale_temporaries, repair_tail, write_atomic, write_json
 from mini_o3.eval.judge import JudgeConfig
 from mini_o3.agent.policy import Policy
 from mini_o3.policies.seeded import SeededPolicy
@@ -291,6 +291,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
     run_dir = config.out
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resumable(run_dir, config)
+    remove_stale_temporaries(run_dir)  # what a run killed mid-write left (results.jsonl, metrics.json, the page)
     console.print(f"[bold]mini-o3 eval[/bold] -> {run_dir}")
     console.print_json(json.dumps(config.to_dict(), default=str))
 

@@ -308,3 +308,13 @@ def test_any_repeated_fragment_parses_in_linear_time(pieces: list[str]) -> None:
         small = wrapper.format(unit * (4_000 // len(unit) + 1))
         large = wrapper.format(unit * (32_000 // len(unit) + 1))
         assert _parse_seconds(large) < 20 * _parse_seconds(small) + 0.05, (wrapper, unit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["<answer>", "</answer>", "<answer", "answer>", " x ", "\n", "<", "/", "é"]), max_size=20))
+def test_extract_answer_reads_what_the_reference_findall_reads(pieces: list[str]) -> None:
+    import re
+
+    text = "".join(pieces)
+    found = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)  # the released reward's rule, quadratic on hostile text
+    assert protocol.extract_answer(text) == (found[-1].strip() if found else None)

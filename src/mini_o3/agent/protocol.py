@@ -25,6 +25,13 @@ SYSTEM_PROMPT = (
     "within <answer> and </answer>."
 )
 
+DIRECT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the user's question based on the image provided. "
+    "Output your thinking process within the <think> and </think> tags. Once the final answer "
+    "is confirmed, put it within <answer> and </answer>."
+)
+"""SYSTEM_PROMPT without its zoom sentence: the no-zoom baseline's prompt (one turn, no tool offered)."""
+
 STOP_STRING = "</grounding>"
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 ORIGINAL_SOURCE = "original_image"
@@ -202,17 +209,24 @@ _SOURCE_RE = re.compile(r"""["']?source["']?\s*:\s*["']([^"']*)["']""")
 
 
 def extract_answer(text: str) -> str | None:
-    """The text inside the first `<answer>...</answer>`, stripped; None when there is none."""
-    start = text.find(_ANSWER_OPEN)
-    if start < 0:
-        return None
-    start += len(_ANSWER_OPEN)
-    # As the reference's lazy regex: the first <answer> with a </answer> after it. When the first
-    # has none, no later one has either, so one search each way is enough.
-    end = text.find(_ANSWER_CLOSE, start)
-    if end < 0:
-        return None
-    return text[start:end].strip()
+    """The text inside the last complete `<answer>...</answer>`, stripped; None when there is none.
+
+    The last, as the released multiple-choice reward reads it (findall, then the final match):
+    a model that changes its mind answers with its final block.
+    """
+    # The blocks the reference's findall(r"<answer>(.*?)</answer>") finds, walked with str.find so
+    # the time is linear: a block opens at the next <answer> and closes at the first </answer>
+    # after it; when an <answer> has no </answer> after it, no later one has either.
+    found, position = None, 0
+    while True:
+        start = text.find(_ANSWER_OPEN, position)
+        if start < 0:
+            break
+        end = text.find(_ANSWER_CLOSE, start + len(_ANSWER_OPEN))
+        if end < 0:
+            break
+        found, position = text[start + len(_ANSWER_OPEN) : end], end + len(_ANSWER_CLOSE)
+    return None if found is None else found.strip()
 
 
 def parse_action(text: str) -> Action:

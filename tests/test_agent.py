@@ -296,3 +296,17 @@ def test_an_episode_that_cannot_be_saved_as_it_ran_is_saved_as_an_error(tmp_path
 
     for line in store.path.read_text(encoding="utf-8").splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+
+def test_a_non_finite_number_alone_makes_the_episode_a_saved_error_in_strict_json(tmp_path: Path) -> None:
+    import json
+
+    (sample,) = make_samples(tmp_path, 1)
+    episode = run_episode(ScriptedPolicy(["<answer>0</answer>"]), sample)
+    episode.trajectory.turns[0].logprobs = [-0.5, float("-inf")]  # a broken model's log-probability
+    with TrajectoryStore(tmp_path / "run") as store:
+        saved = store.add(episode)
+    assert saved.status is Status.ERROR and saved.error_kind == "save" and "(it had ended answered)" in saved.error
+    line = store.path.read_text(encoding="utf-8")
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert record["turns"][0]["logprobs"] == [-0.5, None]

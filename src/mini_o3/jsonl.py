@@ -20,6 +20,7 @@ non-finite floats, for the last-resort paths that must save whatever they hold.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import os
@@ -50,6 +51,8 @@ def safe_text(text: str) -> str:
 
 def json_safe(value: Any) -> Any:
     """`value` as plain JSON data that always encodes: safe text, finite numbers (others None), lists for tuples, str() for the rest."""
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
     if isinstance(value, str):
         return safe_text(value)
     if value is None or isinstance(value, bool):

@@ -262,3 +262,19 @@ def test_our_pixel_limit_is_the_only_one_and_pillows_setting_is_left_as_the_user
     env.step(Generation('<grounding>{"bbox_2d": [0, 0, 1, 1], "source": "original_image"}</grounding>'))
     assert env.trajectory.turns[0].feedback == "observation"  # a crop of 60,000 pixels, over Pillow's 2,000
     assert Image.MAX_IMAGE_PIXELS == 1_000
+
+
+def test_image_bytes_are_decoded_with_the_same_checks(tmp_path: Path) -> None:
+    import io
+
+    from mini_o3.agent.images import decode_image_bytes
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (30, 20), (255, 0, 0, 0)).save(buffer, format="PNG")
+    decoded = decode_image_bytes(buffer.getvalue(), "the upload")
+    assert decoded.size == (30, 20) and decoded.mode == "RGB"
+    for data, words in ((b"", "the upload is empty"), (b"GIF89a", "the upload is not an image"), (_png_header(20_000, 20_000), "over the limit")):
+        with pytest.raises(ImageLoadError, match=words):
+            decode_image_bytes(data, "the upload")
+    with pytest.raises(ImageLoadError, match="cannot decode the upload"):
+        decode_image_bytes(buffer.getvalue()[:-30], "the upload")

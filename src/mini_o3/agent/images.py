@@ -204,7 +204,7 @@ def _existing_file(path: Path) -> None:
     if not path.is_file():
         raise ImageLoadError(f"image not found: {path} (check the path and the data folder)")
     if path.stat().st_size == 0:
-        raise ImageLoadError(f"image {path} is empty (0 bytes); is the download complete?")
+        raise ImageLoadError(f"image {path} is empty (0 bytes): the download or copy may be incomplete")
 
 
 def check_image_file(path: str | Path, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT) -> tuple[int, int]:

@@ -217,3 +217,13 @@ def test_collect_reports_a_bad_data_file_in_one_line(tmp_path: Path) -> None:
     data.write_text('{"id": "x", "image": "gone.jpg", "question": "q", "answer": "a"}\n')
     result = runner.invoke(app, ["collect", "--data", f"jsonl:{data}", "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and "Traceback" not in result.output and "gone.jpg" in result.output, result.output
+
+
+def test_collect_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text("")
+    for options, words in ((["--policy", "api"], "--policy api needs --api URL and --model NAME"),
+                           (["--policy", "local"], "--policy local needs --model-path"),
+                           (["--rounds", "0"], "rounds must be at least 1")):
+        result = runner.invoke(app, ["collect", "--data", f"jsonl:{data}", "--out", str(tmp_path / "c"), *options])
+        assert result.exit_code == 2 and "Traceback" not in result.output and words in result.output, result.output

@@ -323,12 +323,19 @@ def collect(
     from mini_o3.data.benchmarks import DatasetError
 
     options = http_options(timeout, retries)
-    config = CollectConfig(
-        data=data, policy=policy, api=api, model=model, model_path=model_path, exemplars=exemplars,
-        exemplars_per_prompt=exemplars_per_prompt, per_question=per_question, rounds=rounds, max_turns=max_turns,
-        temperature=temperature, add_accepted_to_exemplars=add_accepted_to_exemplars, concurrency=concurrency,
-        seed=seed, limit=limit, skip_bad=skip_bad, out=out, pixel_limit=image_pixel_limit, **options,
-    )
+    if policy == "api" and not (api and model):
+        fail("--policy api needs --api URL and --model NAME (the model name the server serves)")
+    if policy == "local" and not model_path:
+        fail("--policy local needs --model-path DIR (a Qwen2.5-VL-class checkpoint)")
+    try:
+        config = CollectConfig(
+            data=data, policy=policy, api=api, model=model, model_path=model_path, exemplars=exemplars,
+            exemplars_per_prompt=exemplars_per_prompt, per_question=per_question, rounds=rounds, max_turns=max_turns,
+            temperature=temperature, add_accepted_to_exemplars=add_accepted_to_exemplars, concurrency=concurrency,
+            seed=seed, limit=limit, skip_bad=skip_bad, out=out, pixel_limit=image_pixel_limit, **options,
+        )
+    except ValueError as error:  # a setting out of range, named by the config
+        fail(str(error))
     print_config("collect", config.to_dict())
     try:
         report = run_collect(config)

@@ -306,6 +306,10 @@ def test_a_bad_sample_never_stops_the_run(tmp_path: Path) -> None:
     # Left out of the metrics (every readable question with answer red is right: q1 and q3 of q0, q1, q3), listed apart.
     assert result.metrics["samples"] == 3 and result.metrics["avg_at_k"] == pytest.approx(2 / 3)
     assert result.metrics["unreadable_images"] == {"episodes": 2, "samples": 1, "ids": ["q2"]}
+    rescored = rescore(tmp_path / "run")  # the same after rescoring, and the page says so
+    assert rescored["samples"] == 3 and rescored["unreadable_images"]["ids"] == ["q2"]
+    page = " ".join((tmp_path / "run" / "index.html").read_text(encoding="utf-8").split())
+    assert "1 question (2 episodes) left out of every figure above: their image could not be decoded (q2)" in page
 
 
 def test_an_image_that_is_no_image_is_refused_at_load_or_skipped(tmp_path: Path) -> None:

@@ -336,7 +336,8 @@ def _unreadable_note(metrics: dict[str, Any]) -> str:
     if not unreadable.get("episodes"):
         return ""
     return (
-        f"<p class=error>{_e(unreadable['samples'])} questions ({_e(unreadable['episodes'])} episodes) are left out of every "
+        f"<p class=error>{_e(unreadable['samples'])} question{'s' if unreadable['samples'] != 1 else ''} "
+        f"({_e(unreadable['episodes'])} episodes) left out of every "
         f"figure above: their image could not be decoded ({_e(', '.join(unreadable.get('ids') or []))})</p>"
     )
 

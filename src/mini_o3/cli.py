@@ -68,6 +68,15 @@ def build_policy(
     return LocalPolicy(model_path)
 
 
+def check_context(max_context: int) -> None:
+    """Refuse a context window that leaves no room once the episode's reserve is kept free."""
+    if max_context <= INFERENCE_LIMITS.context_reserve:
+        raise typer.BadParameter(
+            f"--max-context {max_context} leaves no room: episodes stop {INFERENCE_LIMITS.context_reserve:,} tokens short of "
+            "the window; give the server's --max-model-len (vLLM), e.g. 16384"
+        )
+
+
 def print_config(title: str, config: object) -> None:
     """Print a job's full configuration before it starts."""
     console.print(f"[bold]{title}[/bold]")
@@ -107,6 +116,7 @@ def search(
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
     timeout: Optional[float] = typer.Option(None, help=TIMEOUT_HELP),
     retries: Optional[int] = typer.Option(None, help=RETRIES_HELP),
+    max_context: int = typer.Option(INFERENCE_LIMITS.max_context_tokens, help="The model's context window in tokens: the server's --max-model-len when lower than the paper's 32,768."),
 ) -> None:
     """Answer QUESTION about IMAGE by zooming, printing every turn; exit status 1 when the episode ends in error."""
     from mini_o3.eval.draw import draw_zoom_boxes
@@ -116,13 +126,14 @@ def search(
         raise typer.BadParameter("--numbering must be 'reference' or 'consistent'")
     question = safe_text(question)  # bytes of the command line that are not UTF-8 arrive as lone surrogates
     options = http_options(timeout, retries)
+    check_context(max_context)
     try:
         original = open_image(image, image_pixel_limit)
     except ImageLoadError as error:
         fail(str(error))
     policy = build_policy(api, model, model_path, api_key_env, **_as_cli(options))
     config = EpisodeConfig(
-        limits=replace(INFERENCE_LIMITS, max_turns=max_turns, numbering=numbering),
+        limits=replace(INFERENCE_LIMITS, max_turns=max_turns, numbering=numbering, max_context_tokens=max_context),
         sampling=SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
         pixel_limit=image_pixel_limit,
     )
@@ -203,6 +214,7 @@ def eval_run(
     judge_mode: str = typer.Option("rescue", help="rescue: judge only rule misses; all: the judge decides every answer."),
     judge_api_key_env: str = typer.Option("MINI_O3_JUDGE_API_KEY", help="Environment variable holding the judge's key."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the policy server's key."),
+    max_context: int = typer.Option(INFERENCE_LIMITS.max_context_tokens, help="The model's context window in tokens: the server's --max-model-len when lower than the paper's 32,768."),
 ) -> None:
     """Evaluate a policy on a dataset, resumably, and write metrics.json and index.html."""
     if ctx.invoked_subcommand is not None:
@@ -212,6 +224,7 @@ def eval_run(
 
     if data is None:
         raise typer.BadParameter("--data SPEC is required (e.g. synthetic:runs/synth-hard or vstar:/data/vstar_bench)")
+    check_context(max_context)
     judge = None
     if judge_api is not None:
         if not judge_model:
@@ -225,6 +238,7 @@ def eval_run(
             max_new_tokens=max_new_tokens, seed=seed, limit=limit, skip_bad=skip_bad, retry_errors=retry_errors,
             max_pixels=max_pixels, min_pixels=min_pixels, numbering=numbering, judge=judge, judge_mode=judge_mode,
             pixel_limit=image_pixel_limit,
+            max_context_tokens=max_context,
         )
     except ValueError as error:
         fail(str(error))
@@ -313,6 +327,7 @@ def collect(
     image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help=PIXEL_LIMIT_HELP),
     timeout: Optional[float] = typer.Option(None, help="api: " + TIMEOUT_HELP),
     retries: Optional[int] = typer.Option(None, help="api: " + RETRIES_HELP),
+    max_context: int = typer.Option(INFERENCE_LIMITS.max_context_tokens, help="The model's context window in tokens: the server's --max-model-len when lower than the paper's 32,768."),
 ) -> None:
     """Collect cold-start trajectories: keep only correct, well-formed, balanced, unique ones."""
     from mini_o3.coldstart.collect import CollectConfig, CollectDirError
@@ -323,6 +338,7 @@ def collect(
     from mini_o3.data.benchmarks import DatasetError
 
     options = http_options(timeout, retries)
+    check_context(max_context)
     if policy == "api" and not (api and model):
         fail("--policy api needs --api URL and --model NAME (the model name the server serves)")
     if policy == "local" and not model_path:
@@ -332,7 +348,8 @@ def collect(
             data=data, policy=policy, api=api, model=model, model_path=model_path, exemplars=exemplars,
             exemplars_per_prompt=exemplars_per_prompt, per_question=per_question, rounds=rounds, max_turns=max_turns,
             temperature=temperature, add_accepted_to_exemplars=add_accepted_to_exemplars, concurrency=concurrency,
-            seed=seed, limit=limit, skip_bad=skip_bad, out=out, pixel_limit=image_pixel_limit, **options,
+            seed=seed, limit=limit, skip_bad=skip_bad, out=out, pixel_limit=image_pixel_limit,
+            max_context_tokens=max_context, **options,
         )
     except ValueError as error:  # a setting out of range, named by the config
         fail(str(error))
@@ -410,17 +427,22 @@ def serve(
     model_path: Path = typer.Option(..., help="A local Qwen2.5-VL-class checkpoint directory to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    name: str = typer.Option("mini-o3", help="The model name the server reports."),
-    api_key_env: Optional[str] = typer.Option(None, help="Require the key in this environment variable from clients."),
+    name: str = typer.Option("mini-o3", help="The model name the server serves (other names get 404, as from vLLM)."),
+    api_key_env: Optional[str] = typer.Option(None, help="Require the key in this environment variable from clients (it must be set)."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a key on an address other than loopback."),
+    max_model_len: Optional[int] = typer.Option(None, help="Refuse (400) requests whose prompt plus max_tokens exceed this many tokens, as vLLM does."),
 ) -> None:
     """Serve a local checkpoint as an OpenAI-compatible chat-completions server."""
-    import os
+    from mini_o3.serve import serve_forever, server_api_key
 
+    try:
+        api_key = server_api_key(api_key_env, no_auth, host)
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(2)
     from mini_o3.policies.local import LocalPolicy
-    from mini_o3.serve import serve_forever
 
-    api_key = os.environ.get(api_key_env) if api_key_env else None
-    serve_forever(LocalPolicy(model_path), host=host, port=port, model=name, api_key=api_key)
+    serve_forever(LocalPolicy(model_path), host=host, port=port, model=name, api_key=api_key, max_model_len=max_model_len)
 
 
 @app.command()

@@ -555,6 +555,34 @@ def demo(
     run_demo(config)
 
 
+export_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Write datasets in other trainers' formats.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("verl")
+def export_verl(
+    data: str = typer.Argument(..., help="Dataset spec, e.g. visualprobe:train.json or synthetic:DIR."),
+    out: Path = typer.Argument(..., help="The parquet file to write (verl's data.train_files / val_files)."),
+    max_turns: Optional[int] = typer.Option(None, help="Per-row turn limit over the loop's (validation uses 12)."),
+    max_images: Optional[int] = typer.Option(None, help="Per-row image limit over the loop's."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N questions."),
+    skip_bad: bool = typer.Option(False, help="Skip and count bad records."),
+) -> None:
+    """Write a dataset as verl parquet rows for the mini_o3 agent loop (docs/verl.md)."""
+    from mini_o3.data.loading import load_dataset
+    from mini_o3.train.verl.rows import export_rows, write_parquet
+
+    overrides = {key: value for key, value in (("max_turns", max_turns), ("max_images", max_images)) if value is not None}
+    try:
+        loaded = load_dataset(data, skip_bad=skip_bad, limit=limit)
+        rows = export_rows(loaded.samples, out.with_suffix("").with_name(out.stem + "-images"), overrides)
+    except (OSError, ValueError) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(2)
+    write_parquet(rows, out)
+    console.print(f"{loaded.summary()} -> {len(rows)} rows in {out}")
+
+
 def main() -> None:
     """Entry point for `python -m mini_o3`."""
     app()

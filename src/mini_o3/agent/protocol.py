@@ -186,7 +186,8 @@ def source_index(source: str) -> int:
     )
 
 
-_GROUNDING_OPEN = "<grounding>"
+GROUNDING_OPEN = "<grounding>"
+"""The tag that opens an action (generation stops at STOP_STRING, which closes it)."""
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER_RE = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BBOX_RE = re.compile(r"""["']?bbox(?:_2d)?["']?\s*:\s*\[([^\]]*)\]""")
@@ -210,11 +211,11 @@ def parse_action(text: str) -> Action:
     unclosed `<answer>` is no answer. Of several groundings the first counts; text after the
     first `</grounding>` is ignored.
     """
-    grounding_at = text.find(_GROUNDING_OPEN)
+    grounding_at = text.find(GROUNDING_OPEN)
     if grounding_at < 0:
         answer = extract_answer(text)
         return NoAction() if answer is None else Answer(answer)
-    body = text[grounding_at + len(_GROUNDING_OPEN) :]
+    body = text[grounding_at + len(GROUNDING_OPEN) :]
     close = body.find(STOP_STRING)
     if close >= 0:
         body = body[:close]

@@ -142,9 +142,10 @@ def eval_run(
     model: Optional[str] = typer.Option(None, help="Model name on the server."),
     model_path: Optional[Path] = typer.Option(None, help="A local Qwen2.5-VL-class checkpoint directory."),
     samples: int = typer.Option(1, help="K sampled runs per question (Avg@K)."),
-    max_turns: int = typer.Option(32, help="Assistant turns at most; every smaller budget is read off the same run."),
+    max_turns: Optional[int] = typer.Option(None, help="Assistant turns at most (default 32; 1 with --prompt direct); every smaller budget is read off the same run."),
     concurrency: int = typer.Option(32, help="Episodes in flight."),
     out: Path = typer.Option(Path("runs/eval"), help="Run directory; the same command again resumes it."),
+    prompt: str = typer.Option("zoom", help="zoom: the released prompt with its zoom tool; direct: the no-zoom baseline (that prompt without the zoom sentence, one turn)."),
     temperature: float = typer.Option(1.0, help="Sampling temperature (the paper evaluates at 1.0)."),
     max_new_tokens: int = typer.Option(8192, help="Tokens per turn at most."),
     seed: int = typer.Option(0, help="Base seed of the per-turn sampling seeds."),
@@ -173,22 +174,45 @@ def eval_run(
         if not judge_model:
             raise typer.BadParameter("--judge-api needs --judge-model")
         judge = JudgeConfig(base_url=judge_api, model=judge_model, api_key_env=judge_api_key_env)
-    config = EvalConfig(
-        data=data, out=out, samples=samples, max_turns=max_turns, concurrency=concurrency, temperature=temperature,
-        max_new_tokens=max_new_tokens, seed=seed, limit=limit, skip_bad=skip_bad, retry_errors=retry_errors,
-        max_pixels=max_pixels, min_pixels=min_pixels, numbering=numbering, judge=judge, judge_mode=judge_mode,
-    )
+    try:
+        config = EvalConfig(
+            data=data, out=out, samples=samples, max_turns=max_turns or (1 if prompt == "direct" else 32), prompt=prompt,
+            concurrency=concurrency, temperature=temperature,
+            max_new_tokens=max_new_tokens, seed=seed, limit=limit, skip_bad=skip_bad, retry_errors=retry_errors,
+            max_pixels=max_pixels, min_pixels=min_pixels, numbering=numbering, judge=judge, judge_mode=judge_mode,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    from mini_o3.data.benchmarks.common import DatasetError
+    from mini_o3.eval.run_dir import RunDirError
+
     policy = build_policy(api, model, model_path, api_key_env)
-    result = run_eval(config, policy, console=console)
+    try:
+        result = run_eval(config, policy, console=console)
+    except (RunDirError, DatasetError) as error:  # a user's folder or file: one line, no traceback
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"report: {result.run_dir / 'index.html'}")
 
 
 @eval_app.command("compare")
-def eval_compare(run_a: Path = typer.Argument(..., help="First run directory."), run_b: Path = typer.Argument(..., help="Second run directory.")) -> None:
-    """Show two evaluation runs side by side."""
-    from mini_o3.eval.report import compare_runs
+def eval_compare(
+    run_a: Path = typer.Argument(..., help="First run directory (e.g. the no-zoom baseline)."),
+    run_b: Path = typer.Argument(..., help="Second run directory (e.g. the zoom run)."),
+    html: Optional[Path] = typer.Option(None, help="Also write a page with every gained and lost question here."),
+    show: int = typer.Option(20, help="Gained and lost questions listed on the console, each."),
+) -> None:
+    """Two runs side by side, and per question what B gained and lost against A."""
+    from mini_o3.eval.compare import print_comparison, write_comparison
+    from mini_o3.eval.run_dir import RunDirError
 
-    console.print(compare_runs(run_a, run_b))
+    try:
+        print_comparison(console, run_a, run_b, show)
+        if html is not None:
+            console.print(f"wrote {write_comparison(run_a, run_b, html)}")
+    except RunDirError as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
 
 
 @eval_app.command("rescore")

@@ -433,6 +433,7 @@ def collect(
             for trajectory in selection.accepted
         )
         sft = write_sft_dataset(examples, out / "sft", image_format=config.image_format)
+        _write_episode_settings(out / "sft", config)
         stats["sft"] = sft.to_dict()
     write_json(out / "exemplar_pool.json", pool_log, indent=1)
     write_json(out / "stats.json", stats, indent=1)
@@ -611,3 +612,17 @@ __all__ = [
     "round_dir",
     "select_trajectories",
 ]
+
+
+def _write_episode_settings(folder: Path, config: CollectConfig) -> None:
+    """Record beside the SFT data how its episodes were run, so the SFT model remembers it (mini_o3_episode.json)."""
+    from mini_o3.models.episode_settings import EpisodeSettings, write_episode_settings
+
+    write_episode_settings(
+        folder,
+        EpisodeSettings(
+            view_max_pixels=config.max_pixels, view_min_pixels=config.min_pixels, max_turns=config.max_turns,
+            max_new_tokens=config.max_new_tokens, numbering=config.numbering, max_context_tokens=config.max_context_tokens,
+            train_max_turns=config.max_turns, train_max_images=config.max_images, written_by="collect",
+        ),
+    )

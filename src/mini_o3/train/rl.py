@@ -48,6 +48,7 @@ import torch
 from mini_o3.agent.loop import Episode, run_episodes
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.policy import Policy
+from mini_o3.models.backbone import backbone_of
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
 from mini_o3.train import masking
 from mini_o3.train.config import RLJobConfig, config_json, require_backends
@@ -91,7 +92,7 @@ def trainer_class() -> type:
             self.samples = list(samples)
             self.mini_tokenizer = tokenizer
             self.image_processor = image_processor
-            self.encoder = ConversationEncoder(tokenizer, image_processor)
+            self.encoder = ConversationEncoder(tokenizer, image_processor, backbone_of(self.model))
             self.rewarder = rewarder
             self.episode_config = episode_config(job)
             self.rollout_policy = rollout_policy
@@ -464,13 +465,26 @@ def build_trainer(job: RLJobConfig, samples: Sequence[Sample] | None = None, rol
         reward_funcs=[mini_o3_correctness],
         args=args,
         train_dataset=dataset,
-        processing_class=build_processor(tokenizer, image_processor),
+        processing_class=build_processor(tokenizer, image_processor, backbone_of(model)),
         callbacks=[
             JsonlLogCallback(out / LOG_FILE, step_scale=steps_per_rl_step, step_name="step"),
-            SaveImageProcessorCallback(image_processor),
+            SaveImageProcessorCallback(image_processor, rl_episode_settings(job)),
         ],
     )
     return trainer
+
+
+def rl_episode_settings(job: RLJobConfig) -> Any:
+    """The episode settings an RL model carries: its rollouts' views, tokens and limits; the inference
+    turn budget is the starting checkpoint's (32 without one)."""
+    from mini_o3.models.episode_settings import DEFAULT_SETTINGS, read_episode_settings
+
+    start = read_episode_settings(job.model_path) or DEFAULT_SETTINGS
+    return start.replace(
+        view_max_pixels=job.image_max_pixels, view_min_pixels=job.image_min_pixels, max_new_tokens=job.max_new_tokens,
+        numbering=job.numbering, max_context_tokens=job.max_context_tokens, context_reserve=job.context_reserve,
+        train_max_turns=job.max_turns, train_max_images=job.max_images, written_by="rl",
+    )
 
 
 def run_rl(job: RLJobConfig, samples: Sequence[Sample] | None = None, rollout_policy: Policy | None = None) -> Path:
@@ -511,6 +525,9 @@ def run_rl(job: RLJobConfig, samples: Sequence[Sample] | None = None, rollout_po
     if trainer.is_world_process_zero():
         trainer.mini_tokenizer.save_pretrained(final)
         trainer.image_processor.save_pretrained(final)
+        from mini_o3.models.episode_settings import write_episode_settings
+
+        write_episode_settings(final, rl_episode_settings(job))
         plot_learning_curve(out / LOG_FILE, out / CURVE_FILE, CURVE_SERIES, "GRPO with over-turn masking" if job.overturn_mask else "GRPO, no over-turn masking")
         print(f"RL done in {time.perf_counter() - started:.1f} s; final checkpoint: {final}", flush=True)
     return final

@@ -256,7 +256,10 @@ def test_rollouts_repeat_with_the_seed_and_change_with_it(tiny_dir: Path, sample
 
 
 def test_the_default_and_the_presets_use_the_released_objective() -> None:
-    for rl in (RLJobConfig(), load_preset("qwen2.5-vl-7b").rl, load_preset("tiny-cpu").rl):
+    from mini_o3.train.config import preset_names
+
+    assert {"qwen2.5-vl-7b", "tiny-cpu"} <= set(preset_names())
+    for rl in (RLJobConfig(), *(load_preset(name).rl for name in preset_names())):
         assert rl.loss_aggregation == "rollout_token_mean"
         assert rl.drop_failed_groups and rl.void_unclosed_grounding
         assert not rl.freeze_vision  # the release's RL trains the whole model

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +17,8 @@ from mini_o3.agent.sample import Sample
 from mini_o3.agent.env import INFERENCE_LIMITS, ZoomEnv
 from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, ResizePolicy, open_image
 from mini_o3.agent.policy import Policy, SamplingParams
-from mini_o3.agent.trajectory import TurnRecord
+from mini_o3.agent.trajectory import Status, TurnRecord
+from mini_o3.jsonl import safe_text
 
 if TYPE_CHECKING:
     from mini_o3.models.episode_settings import EpisodeSettings
@@ -26,16 +27,45 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Vision-langu
 console = Console()
 
 
-def build_policy(api: Optional[str], model: Optional[str], model_path: Optional[Path], api_key_env: str = "OPENAI_API_KEY") -> Policy:
+TIMEOUT_HELP = "Seconds to wait for each server reply before retrying (default: the HTTP client's, 120)."
+RETRIES_HELP = "Retries of a failed request (timeouts, 429, 5xx, dropped connections) before the episode ends in error (default 5)."
+PIXEL_LIMIT_HELP = "Refuse images with more pixels than this (checked on the header, before any decode)."
+
+
+def fail(message: str) -> NoReturn:
+    """A user error: one red line naming the fix, exit status 2."""
+    console.print(f"[red]error:[/red] {escape(safe_text(message))}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def http_options(timeout: Optional[float], retries: Optional[int]) -> dict[str, float | int]:
+    """`--timeout` and `--retries` as HttpPolicy keywords (only those given), checked."""
+    if timeout is not None and not timeout > 0:
+        fail(f"--timeout must be more than 0 seconds, got {timeout:g}")
+    if retries is not None and retries < 0:
+        fail(f"--retries must be 0 or more, got {retries}")
+    given = {"timeout_s": timeout, "max_retries": retries}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def build_policy(
+    api: Optional[str],
+    model: Optional[str],
+    model_path: Optional[Path],
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: Optional[float] = None,
+    retries: Optional[int] = None,
+) -> Policy:
     """An HTTP policy for `--api URL[,URL...] --model NAME`, or a local one for `--model-path DIR`."""
     if (api is None) == (model_path is None):
         raise typer.BadParameter("give either --api URL --model NAME (a server) or --model-path DIR (a local checkpoint)")
+    options = http_options(timeout, retries)
     if api is not None:
         if not model:
             raise typer.BadParameter("--api needs --model NAME (the model name the server serves)")
         from mini_o3.policies.http import HttpPolicy
 
-        return HttpPolicy([url.strip() for url in api.split(",") if url.strip()], model=model, api_key_env=api_key_env)
+        return HttpPolicy([url.strip() for url in api.split(",") if url.strip()], model=model, api_key_env=api_key_env, **options)
     from mini_o3.policies.local import LocalPolicy
 
     return LocalPolicy(model_path)
@@ -103,27 +133,30 @@ def search(
     max_pixels: Optional[int] = typer.Option(None, help="Images are shown at most this many pixels [default: the checkpoint's, else 2,000,000]."),
     min_pixels: Optional[int] = typer.Option(None, help="Images are shown at least this many pixels [default: the checkpoint's, else 40,000]."),
     out: Optional[Path] = typer.Option(None, help="Where to write the trajectory, the crops and boxes.png."),
-    image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help="Refuse images with more pixels than this."),
+    image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help=PIXEL_LIMIT_HELP),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+    timeout: Optional[float] = typer.Option(None, help=TIMEOUT_HELP),
+    retries: Optional[int] = typer.Option(None, help=RETRIES_HELP),
     max_context: int = typer.Option(INFERENCE_LIMITS.max_context_tokens, help="The model's context window in tokens: the server's --max-model-len when lower than the paper's 32,768."),
 ) -> None:
-    """Answer QUESTION about IMAGE by zooming, printing every turn."""
+    """Answer QUESTION about IMAGE by zooming, printing every turn; exit status 1 when the episode ends in error."""
     from mini_o3.eval.draw import draw_zoom_boxes
     from mini_o3.agent.store import TrajectoryStore
 
     if numbering not in (None, "reference", "consistent"):
         raise typer.BadParameter("--numbering must be 'reference' or 'consistent'")
+    question = safe_text(question)  # bytes of the command line that are not UTF-8 arrive as lone surrogates
+    http_options(timeout, retries)  # checked before any work
     check_context(max_context)
     try:
         original = open_image(image, image_pixel_limit)
     except ImageLoadError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2)
+        fail(str(error))
     settings = episode_settings(
         model_path, max_turns=max_turns, max_new_tokens=max_new_tokens, numbering=numbering,
-        view_max_pixels=max_pixels, view_min_pixels=min_pixels,
+        view_max_pixels=max_pixels, view_min_pixels=pixel_minimum(min_pixels, max_pixels),
     )
-    policy = build_policy(api, model, model_path, api_key_env)
+    policy = build_policy(api, model, model_path, api_key_env, timeout, retries)
     config = EpisodeConfig(
         limits=replace(INFERENCE_LIMITS, max_turns=settings.max_turns, numbering=settings.numbering, max_context_tokens=max_context),
         sampling=SamplingParams(temperature=temperature, max_new_tokens=settings.max_new_tokens, seed=seed),
@@ -144,6 +177,8 @@ def search(
         store.add(episode)
     draw_zoom_boxes(original, trajectory).save(out / "boxes.png")
     console.print(f"wrote {store.path} and {out / 'boxes.png'}")
+    if trajectory.status is Status.ERROR:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -190,8 +225,11 @@ def eval_run(
     skip_bad: bool = typer.Option(False, help="Skip and count bad records instead of stopping."),
     retry_errors: bool = typer.Option(False, help="Run again the episodes recorded as errors."),
     max_pixels: Optional[int] = typer.Option(None, help="Images are shown at most this many pixels [default: the checkpoint's, else 2,000,000]."),
-    min_pixels: Optional[int] = typer.Option(None, help="Images are shown at least this many pixels [default: the checkpoint's, else 40,000]."),
+    min_pixels: Optional[int] = typer.Option(None, help="Images are shown at least this many pixels [default: the checkpoint's, else 40,000, or --max-pixels when lower]."),
     numbering: Optional[str] = typer.Option(None, help="Observation labels: reference or consistent [default: the checkpoint's, else reference]."),
+    image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help=PIXEL_LIMIT_HELP),
+    timeout: Optional[float] = typer.Option(None, help=TIMEOUT_HELP),
+    retries: Optional[int] = typer.Option(None, help=RETRIES_HELP),
     judge_api: Optional[str] = typer.Option(None, help="An OpenAI-compatible judge endpoint (optional; rules score by default)."),
     judge_model: Optional[str] = typer.Option(None, help="The judge's model name."),
     judge_mode: str = typer.Option("rescue", help="rescue: judge only rule misses; all: the judge decides every answer."),
@@ -213,9 +251,10 @@ def eval_run(
         if not judge_model:
             raise typer.BadParameter("--judge-api needs --judge-model")
         judge = JudgeConfig(base_url=judge_api, model=judge_model, api_key_env=judge_api_key_env)
+    http_options(timeout, retries)  # checked before any work
     settings = episode_settings(
         model_path, max_turns=max_turns or (1 if prompt == "direct" else None), max_new_tokens=max_new_tokens,
-        numbering=numbering, view_max_pixels=max_pixels, view_min_pixels=min_pixels,
+        numbering=numbering, view_max_pixels=max_pixels, view_min_pixels=pixel_minimum(min_pixels, max_pixels),
     )
     try:
         config = EvalConfig(
@@ -223,20 +262,36 @@ def eval_run(
             concurrency=concurrency, temperature=temperature,
             max_new_tokens=settings.max_new_tokens, seed=seed, limit=limit, skip_bad=skip_bad, retry_errors=retry_errors,
             max_pixels=settings.view_max_pixels, min_pixels=settings.view_min_pixels, numbering=settings.numbering,
-            judge=judge, judge_mode=judge_mode, max_context_tokens=max_context,
+            judge=judge, judge_mode=judge_mode, pixel_limit=image_pixel_limit, max_context_tokens=max_context,
         )
     except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
+        fail(str(error))
     from mini_o3.data.benchmarks.common import DatasetError
     from mini_o3.eval.run_dir import RunDirError
 
-    policy = build_policy(api, model, model_path, api_key_env)
+    policy = build_policy(api, model, model_path, api_key_env, timeout, retries)
     try:
         result = run_eval(config, policy, console=console)
     except (RunDirError, DatasetError) as error:  # a user's folder or file: one line, no traceback
-        console.print(f"[red]{escape(str(error))}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(error))
     console.print(f"report: {result.run_dir / 'index.html'}")
+
+
+DEFAULT_MIN_PIXELS = 40_000
+
+
+def pixel_minimum(min_pixels: Optional[int], max_pixels: Optional[int]) -> Optional[int]:
+    """--min-pixels as given; its default lowered (and said so) under a --max-pixels below it; a given one above is an error."""
+    if max_pixels is None:
+        return min_pixels
+    if min_pixels is None:
+        if max_pixels < DEFAULT_MIN_PIXELS:
+            console.print(f"[yellow]--min-pixels lowered to {max_pixels} (its default, {DEFAULT_MIN_PIXELS:,}, is above --max-pixels)[/yellow]")
+            return max_pixels
+        return None
+    if min_pixels > max_pixels:
+        fail(f"--min-pixels ({min_pixels:,}) is above --max-pixels ({max_pixels:,}); lower --min-pixels or raise --max-pixels")
+    return min_pixels
 
 
 @eval_app.command("compare")
@@ -295,6 +350,9 @@ def collect(
     limit: Optional[int] = typer.Option(None, help="Only the first N questions."),
     skip_bad: bool = typer.Option(False, help="Skip and count bad records."),
     out: str = typer.Option("runs/collect", help="Output folder; the same command again resumes."),
+    image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help=PIXEL_LIMIT_HELP),
+    timeout: Optional[float] = typer.Option(None, help="api: " + TIMEOUT_HELP),
+    retries: Optional[int] = typer.Option(None, help="api: " + RETRIES_HELP),
     max_context: int = typer.Option(INFERENCE_LIMITS.max_context_tokens, help="The model's context window in tokens: the server's --max-model-len when lower than the paper's 32,768."),
 ) -> None:
     """Collect cold-start trajectories: keep only correct, well-formed, balanced, unique ones."""
@@ -303,24 +361,34 @@ def collect(
 
     if policy not in ("api", "local", "oracle"):
         raise typer.BadParameter("--policy must be api, local or oracle")
+    from mini_o3.data.benchmarks import DatasetError
+
+    options = http_options(timeout, retries)
     check_context(max_context)
+    if policy == "api" and not (api and model):
+        fail("--policy api needs --api URL and --model NAME (the model name the server serves)")
+    if policy == "local" and not model_path:
+        fail("--policy local needs --model-path DIR (a Qwen2.5-VL, Qwen3-VL or Qwen3.5 checkpoint)")
     seen: dict[str, object] = {}
-    if policy == "local" and model_path:
+    if policy == "local":
         # A local model collects with the views it was trained on (its mini_o3_episode.json).
         settings = episode_settings(model_path)
         seen = {"max_pixels": settings.view_max_pixels, "min_pixels": settings.view_min_pixels, "numbering": settings.numbering}
-    config = CollectConfig(
-        data=data, policy=policy, api=api, model=model, model_path=model_path, exemplars=exemplars,
-        exemplars_per_prompt=exemplars_per_prompt, per_question=per_question, rounds=rounds, max_turns=max_turns,
-        temperature=temperature, add_accepted_to_exemplars=add_accepted_to_exemplars, concurrency=concurrency,
-        seed=seed, limit=limit, skip_bad=skip_bad, out=out, max_context_tokens=max_context, **seen,
-    )
+    try:
+        config = CollectConfig(
+            data=data, policy=policy, api=api, model=model, model_path=model_path, exemplars=exemplars,
+            exemplars_per_prompt=exemplars_per_prompt, per_question=per_question, rounds=rounds, max_turns=max_turns,
+            temperature=temperature, add_accepted_to_exemplars=add_accepted_to_exemplars, concurrency=concurrency,
+            seed=seed, limit=limit, skip_bad=skip_bad, out=out, pixel_limit=image_pixel_limit,
+            max_context_tokens=max_context, **options, **seen,
+        )
+    except ValueError as error:  # a setting out of range, named by the config
+        fail(str(error))
     print_config("collect", config.to_dict())
     try:
         report = run_collect(config)
-    except CollectDirError as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(2)
+    except (CollectDirError, DatasetError) as error:
+        fail(str(error))
     console.print(report.summary())
 
 

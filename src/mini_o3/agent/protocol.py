@@ -199,7 +199,8 @@ def source_index(source: str) -> int:
 # pattern can fail at a position only after reading what no other position will read again
 # (`_NUMBER_RE` has one way to split digits; the old `\d+\.?\d*` had n, and a reply of digits
 # took seconds). tests/test_protocol.py checks this on adversarial replies of 200 KB.
-_GROUNDING_OPEN = "<grounding>"
+GROUNDING_OPEN = "<grounding>"
+"""The tag that opens an action (generation stops at STOP_STRING, which closes it)."""
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 _NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _LONGEST_NUMBER = 64
@@ -238,11 +239,11 @@ def parse_action(text: str) -> Action:
     unclosed `<answer>` is no answer. Of several groundings the first counts; text after the
     first `</grounding>` is ignored.
     """
-    grounding_at = text.find(_GROUNDING_OPEN)
+    grounding_at = text.find(GROUNDING_OPEN)
     if grounding_at < 0:
         answer = extract_answer(text)
         return NoAction() if answer is None else Answer(answer)
-    body = text[grounding_at + len(_GROUNDING_OPEN) :]
+    body = text[grounding_at + len(GROUNDING_OPEN) :]
     close = body.find(STOP_STRING)
     if close >= 0:
         body = body[:close]

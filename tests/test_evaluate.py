@@ -34,6 +34,7 @@ from mini_o3.eval.runner import (
     rescore,
     run_eval,
 )
+from mini_o3.data.benchmarks import DatasetError
 from mini_o3.eval.judge import JudgeConfig
 from mini_o3.agent.policy import Generation, SamplingParams
 from mini_o3.policies.http import HttpPolicy
@@ -295,11 +296,29 @@ def test_a_failing_server_costs_only_the_failed_episodes(tmp_path: Path, serve) 
 
 
 def test_a_bad_sample_never_stops_the_run(tmp_path: Path) -> None:
-    data = make_dataset(tmp_path / "data", count=4, corrupt=(2,))
+    data = make_dataset(tmp_path / "data", count=4)
+    image = tmp_path / "data" / "img2.png"
+    image.write_bytes(image.read_bytes()[:-200])  # cut short after its header: it fails at the episode, not at load
     result = run_eval(config(data, tmp_path / "run"), zoom_then_red())
-    assert result.errors == 2 and result.statuses["answered"] == 6
+    assert result.errors == 2 and result.statuses["answered"] == 6 and result.unreadable_images == 2
     bad = latest_trajectories(tmp_path / "run")[("q2", 1)]
-    assert bad.status.value == "error" and "img2.png" in bad.error
+    assert bad.status.value == "error" and "img2.png" in bad.error and bad.error_kind == "image"
+    # Left out of the metrics (every readable question with answer red is right: q1 and q3 of q0, q1, q3), listed apart.
+    assert result.metrics["samples"] == 3 and result.metrics["avg_at_k"] == pytest.approx(2 / 3)
+    assert result.metrics["unreadable_images"] == {"episodes": 2, "samples": 1, "ids": ["q2"]}
+    rescored = rescore(tmp_path / "run")  # the same after rescoring, and the page says so
+    assert rescored["samples"] == 3 and rescored["unreadable_images"]["ids"] == ["q2"]
+    page = " ".join((tmp_path / "run" / "index.html").read_text(encoding="utf-8").split())
+    assert "1 question (2 episodes) left out of every figure above: their image could not be decoded (q2)" in page
+
+
+def test_an_image_that_is_no_image_is_refused_at_load_or_skipped(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", count=4, corrupt=(2,))
+    with pytest.raises(DatasetError, match=r"record 2, id 'q2': image .*img2.png is not an image.*--skip-bad"):
+        run_eval(config(data, tmp_path / "run"), zoom_then_red())
+    result = run_eval(config(data, tmp_path / "run", skip_bad=True), zoom_then_red())
+    assert result.episodes == 6 and result.errors == 0 and result.skipped_records == 1
+    assert "img2.png" in (tmp_path / "run" / "skipped.txt").read_text()
 
 
 def test_a_run_that_cannot_save_stops_with_a_clear_error(tmp_path: Path) -> None:
@@ -672,3 +691,12 @@ def test_eval_compare_on_the_command_line(tmp_path: Path) -> None:
     (tmp_path / "data" / "data.json").write_text((tmp_path / "data" / "data.json").read_text().replace("blue", "green"))
     changed = runner.invoke(app, ["eval", "--data", data, "--api", "http://127.0.0.1:9", "--model", "m", "--prompt", "direct", "--max-pixels", "19200", "--min-pixels", "784", "--out", str(tmp_path / "a")])
     assert changed.exit_code == 2 and "was run on other data" in " ".join(changed.output.split()) and "Traceback" not in changed.output
+
+
+def test_a_rerun_removes_the_temporaries_a_killed_run_left(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", count=2)
+    run_eval(config(data, tmp_path / "run"), zoom_then_red())
+    left = tmp_path / "run" / f".results.jsonl.{'ab' * 16}.tmp"  # killed while rewriting results.jsonl
+    left.write_text("half")
+    run_eval(config(data, tmp_path / "run"), zoom_then_red())
+    assert not left.exists()

@@ -226,7 +226,7 @@ def test_a_restarted_server_is_used_again_over_fresh_connections():
         server.stop()
 
 
-def test_64_threads_at_once_take_about_one_delay(serve):
+def test_64_threads_at_once_overlap_their_requests(serve):
     _, url = serve(EchoPolicy(), delay_s=0.2)
     policy = HttpPolicy(url, "m")
     barrier = threading.Barrier(64)
@@ -244,7 +244,9 @@ def test_64_threads_at_once_take_about_one_delay(serve):
         texts = list(pool.map(one, envs))
     elapsed = time.perf_counter() - started
     assert all(text.endswith(f"<answer>{q}</answer>") for text, q in zip(texts, questions))
-    assert 0.2 <= elapsed < 0.7, f"64 concurrent requests at 0.2 s took {elapsed:.2f} s"
+    # One after another they would take 12.8 s; a bound of a quarter of that proves they overlap without
+    # timing the machine (throughput figures live in bench/bench_http.py).
+    assert 0.2 <= elapsed < 64 * 0.2 / 4, f"64 concurrent requests at 0.2 s took {elapsed:.2f} s: they did not overlap"
 
 
 def test_list_models_and_wait_until_ready(serve):

@@ -115,7 +115,7 @@ def test_delay_is_the_least_time_a_chat_request_takes(serve):
         (b"{not json", 400, "not valid JSON"),
         ({"messages": []}, 400, "non-empty list"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]}, 400, "fetches nothing"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400, "cannot decode"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400, "not an image"),
         ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, 400, "'text' or 'image_url'"),
         ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, 400, "streaming"),
     ],
@@ -124,6 +124,28 @@ def test_bad_requests_get_a_clear_400(serve, body, status, words):
     _, url = serve(EchoPolicy())
     got, reply, _ = _request(url, "POST", "/v1/chat/completions", body)
     assert got == status and words in reply["error"]["message"]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG's signature and IHDR chunk claiming width x height: enough for a header check, nothing to decode."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_an_image_over_our_pixel_limit_is_refused_by_our_check_not_pillows(serve):
+    import base64
+
+    _, url = serve(EchoPolicy())
+    bomb = "data:image/png;base64," + base64.b64encode(_png_header_only(20_000, 20_000)).decode()
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": bomb}}]}]}
+    got, reply, _ = _request(url, "POST", "/v1/chat/completions", body)
+    assert got == 400 and "400,000,000" in reply["error"]["message"].replace(" ", ""), reply
 
 
 def test_unknown_routes_are_404(serve):

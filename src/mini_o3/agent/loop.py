@@ -17,6 +17,7 @@ from mini_o3.agent.env import INFERENCE_LIMITS, Limits, TokenCounter, View, Zoom
 from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, ResizePolicy, open_image
 from mini_o3.agent.policy import Policy, PolicyError, SamplingParams
 from mini_o3.agent.trajectory import Status, Trajectory, TurnRecord
+from mini_o3.jsonl import json_safe, safe_text
 
 
 @dataclass(frozen=True)
@@ -130,13 +131,15 @@ def run_episode(
             original=originals.get(sample) if originals is not None else None,
             count_image_tokens=getattr(policy, "image_tokens", None),
         )
-    except (ImageLoadError, ValueError, PolicyError) as error:
+    except ImageLoadError as error:
+        return Episode(_failed_trajectory(sample, str(error), run, "image"), [], run)
+    except (ValueError, PolicyError) as error:
         return Episode(_failed_trajectory(sample, str(error), run), [], run)
     except Exception as error:  # a policy bug must not take down a thousand-episode run
         return Episode(_failed_trajectory(sample, f"{type(error).__name__}: {error}", run), [], run)
     while not env.done:
         if cancel is not None and cancel.is_set():
-            env.fail("cancelled")
+            env.fail("cancelled", "cancelled")
             break
         room = config.limits.max_context_tokens - env.context_tokens
         sampling = config.sampling
@@ -156,19 +159,20 @@ def run_episode(
     return Episode(env.trajectory, env.views, run)
 
 
-def _failed_trajectory(sample: Sample, message: str, run: int) -> Trajectory:
+def _failed_trajectory(sample: Sample, message: str, run: int, kind: str = "policy") -> Trajectory:
     return Trajectory(
         sample_id=sample.id,
-        question=sample.question,
+        question=safe_text(sample.question),
         image=str(sample.image) if isinstance(sample.image, (str, Path)) else sample.image_name(),
         image_size=(0, 0),
-        ground_truth=sample.answer,
-        options=dict(sample.options),
-        source=sample.source,
-        split=sample.split,
-        category=sample.category,
+        ground_truth=safe_text(sample.answer),
+        options=json_safe(dict(sample.options)),
+        source=safe_text(sample.source),
+        split=safe_text(sample.split),
+        category=safe_text(sample.category),
         status=Status.ERROR,
-        error=message,
+        error=safe_text(message),
+        error_kind=kind,
         meta={"run": run},
     )
 

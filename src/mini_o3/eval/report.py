@@ -312,6 +312,7 @@ judge: {_e((settings.get('judge') or {}).get('model', 'none') if settings.get('j
 {_table(card_rows(metrics.get('protocol') or config.get('protocol') or {}), ('setting', 'value')) if (metrics.get('protocol') or config.get('protocol')) else '<p class=muted>this run has no protocol card (made before cards)</p>'}
 <h2>Metrics</h2>
 {_table(summary_rows(metrics))}
+{_unreadable_note(metrics)}
 {_breakdown_table(metrics.get('by_split') or {}, 'split')}
 {_breakdown_table(metrics.get('by_category') or {}, 'category')}
 <h3>Avg@{_e(runs)} at every turn budget (read off the same run)</h3>
@@ -328,6 +329,17 @@ judge: {_e((settings.get('judge') or {}).get('model', 'none') if settings.get('j
     index = run_dir / INDEX_FILE
     write_atomic(index, page)
     return index
+
+
+def _unreadable_note(metrics: dict[str, Any]) -> str:
+    unreadable = metrics.get("unreadable_images") or {}
+    if not unreadable.get("episodes"):
+        return ""
+    return (
+        f"<p class=error>{_e(unreadable['samples'])} question{'s' if unreadable['samples'] != 1 else ''} "
+        f"({_e(unreadable['episodes'])} episodes) left out of every "
+        f"figure above: their image could not be decoded ({_e(', '.join(unreadable.get('ids') or []))})</p>"
+    )
 
 
 def _episode_html(number: int, trajectory: Trajectory, result: dict[str, Any], run_dir: Path) -> str:

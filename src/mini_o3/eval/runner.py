@@ -56,7 +56,7 @@ from mini_o3.eval.run_dir import (
 )
 from mini_o3.eval.run_scoring import _write_results, episode_results, result_record, rule_score, score_run, summarize_run
 from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT
-from mini_o3.jsonl import JsonlAppender, repair_tail, write_atomic, write_json
+from mini_o3.jsonl import JsonlAppender, remove_stale_temporaries, repair_tail, write_atomic, write_json
 from mini_o3.eval.judge import JudgeConfig
 from mini_o3.agent.policy import Policy
 from mini_o3.policies.seeded import SeededPolicy
@@ -209,6 +209,8 @@ class EvalResult:
     """Episodes the judge gave no verdict on (they keep their rule score)."""
     statuses: dict[str, int] = field(default_factory=dict)
     """Episodes of the run by status."""
+    unreadable_images: int = 0
+    """Error episodes whose image passed the header check at load but could not be decoded; left out of the metrics."""
 
     @property
     def turns_per_s(self) -> float:
@@ -323,10 +325,11 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
     run_dir = config.out
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resumable(run_dir, config)
+    remove_stale_temporaries(run_dir)  # what a run killed mid-write left (results.jsonl, metrics.json, the page)
     console.print(f"[bold]mini-o3 eval[/bold] -> {run_dir}")
     console.print_json(json.dumps(config.to_dict(), default=str))
 
-    loaded = load_dataset(config.data, skip_bad=config.skip_bad, limit=config.limit)
+    loaded = load_dataset(config.data, skip_bad=config.skip_bad, limit=config.limit, pixel_limit=config.pixel_limit)
     samples = loaded.samples
     _check_unique_ids(samples, config.data)
     if loaded.reasons:
@@ -422,6 +425,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
         skipped_records=loaded.skipped,
         judge_errors=judge_errors,
         statuses=statuses,
+        unreadable_images=sum(1 for trajectory in trajectories.values() if trajectory.error_kind == "image"),
     )
     if config.report:
         from mini_o3.eval.report import write_report
@@ -568,8 +572,13 @@ def _print_summary(console: Console, result: EvalResult) -> None:
         console.print(headline)
     for line in _figures(result.metrics):
         console.print(line)
-    if result.errors:
-        console.print(f"[yellow]{result.errors} episodes ended in error; run the same command with --retry-errors to run them again[/yellow]")
+    if result.unreadable_images:
+        console.print(
+            f"[yellow]{result.unreadable_images} episodes could not decode their image (see unreadable_images in {METRICS_FILE}); "
+            "they are left out of the metrics: replace those files, then run the same command with --retry-errors[/yellow]"
+        )
+    if result.errors - result.unreadable_images:
+        console.print(f"[yellow]{result.errors - result.unreadable_images} episodes ended in error; run the same command with --retry-errors to run them again[/yellow]")
     if result.judge_errors:
         console.print(f"[yellow]the judge gave no verdict on {result.judge_errors} episodes (they keep their rule score); rerun `rescore` to ask again[/yellow]")
     console.print(f"wrote {result.run_dir / METRICS_FILE}" + (f" and {result.run_dir / 'index.html'}" if (result.run_dir / "index.html").exists() else ""))

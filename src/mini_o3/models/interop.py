@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 STOCK_PROCESSOR_CLASS = "Qwen2_5_VLProcessor"
-"""The processor class Qwen2.5-VL checkpoints name; AutoProcessor resolves it."""
+"""The processor class Qwen2.5-VL checkpoints name; AutoProcessor resolves it (Qwen3-VL and Qwen3.5 name Qwen3VLProcessor)."""
 
 SAMPLING_DEFAULTS: dict[str, Any] = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 """generation_config.json's sampling fields: the paper's temperature 1.0, nothing truncated (top_k 0 is off in vLLM and transformers)."""
@@ -44,10 +44,13 @@ def with_sampling_defaults(generation_config: Any) -> Any:
     return generation_config
 
 
-def mark_for_saving(model: Any = None, tokenizer: Any = None) -> None:
-    """Set what the files a later save_pretrained writes must say: sampling defaults, response template, stock processor."""
+def mark_for_saving(model: Any = None, tokenizer: Any = None, processor_class: str = STOCK_PROCESSOR_CLASS) -> None:
+    """Set what the files a later save_pretrained writes must say: sampling defaults, response template, stock processor.
+
+    `processor_class` is the family's stock processor (`models.backbone.Backbone.processor_class`).
+    """
     if model is not None and getattr(model, "generation_config", None) is not None:
         with_sampling_defaults(model.generation_config)
     if tokenizer is not None:
         tokenizer.response_template = RESPONSE_TEMPLATE
-        tokenizer._set_processor_class(STOCK_PROCESSOR_CLASS)  # the name tokenizer_config.json gives AutoProcessor
+        tokenizer._set_processor_class(processor_class)  # the name tokenizer_config.json gives AutoProcessor

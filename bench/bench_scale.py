@@ -203,6 +203,8 @@ def main() -> int:
     parser.add_argument("--waves", type=int, default=2, help="episodes = waves x concurrency")
     parser.add_argument("--baseline", default="fab8e62", help="git revision of the `old` client")
     parser.add_argument("--image-side", type=int, default=0, help="photo-like originals of this side at eval's default pixel settings (memory)")
+    parser.add_argument("--switch-interval", type=float, default=0.0,
+                        help="sys.setswitchinterval in the client (a diagnostic: GIL waiters wake this often; Python's default 0.005)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -210,6 +212,8 @@ def main() -> int:
         serve(args.delay, args.zooms)
         return 0
     if args.one:
+        if args.switch_interval:
+            sys.setswitchinterval(args.switch_interval)
         spec = json.loads(args.one)
         figures = measure(spec["client"], spec["urls"], spec["data"], Path(spec["out"]), spec["concurrency"], args.delay,
                           args.zooms, args.waves, args.baseline, args.image_side > 0)
@@ -247,7 +251,8 @@ def main() -> int:
                     before = sum(_server_cpu(server) for server in servers)
                     done = subprocess.run(
                         [sys.executable, __file__, "--one", json.dumps(spec), "--delay", str(args.delay), "--zooms", str(args.zooms),
-                         "--waves", str(args.waves), "--baseline", args.baseline, "--image-side", str(args.image_side)],
+                         "--waves", str(args.waves), "--baseline", args.baseline, "--image-side", str(args.image_side),
+                         "--switch-interval", str(args.switch_interval)],
                         capture_output=True, text=True,
                     )
                     if done.returncode != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -74,6 +75,31 @@ class Episode:
 
 
 TurnCallback = Callable[[ZoomEnv, TurnRecord], None]
+
+MANY_THREADS = 256
+"""From this many episodes in flight, threads waiting for the GIL wake every 50 ms, not every 5."""
+_SWITCH_INTERVAL_S = 0.05
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.0
+
+
+def _slow_gil_switching(on: bool) -> None:
+    # Each thread waiting for the GIL wakes every switch interval; 2,048 waiters at Python's 5 ms
+    # made a futex storm (system CPU above user CPU, the client at 0.3-0.8 of its throughput) in
+    # 3 of 4 runs of bench/bench_scale.py; at 50 ms it met its targets. First caller in sets it,
+    # last one out restores it.
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if on:
+            if _switch_users == 0:
+                _switch_saved = sys.getswitchinterval()
+                sys.setswitchinterval(max(_switch_saved, _SWITCH_INTERVAL_S))
+            _switch_users += 1
+        else:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 
 
 class SharedOriginals:
@@ -216,6 +242,9 @@ def run_episodes(
             future.add_done_callback(finished.put)
 
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode")
+    many = concurrency >= MANY_THREADS
+    if many:
+        _slow_gil_switching(True)
     try:
         refill()
         while in_flight:
@@ -229,3 +258,5 @@ def run_episodes(
         # episode in flight: they end after their current turn.
         cancel.set()
         pool.shutdown(wait=False, cancel_futures=True)
+        if many:
+            _slow_gil_switching(False)

@@ -1,4 +1,4 @@
-"""Episodes in flight share the decoded original of their question: one decode, dropped with the last holder."""
+"""Many episodes in flight: they share their question's decoded original, and GIL waiters wake less often."""
 
 from __future__ import annotations
 
@@ -72,3 +72,32 @@ def test_many_runs_crop_one_shared_original_at_once(tmp_path: Path) -> None:
         assert episode.trajectory.image_size == (320 + int(episode.trajectory.sample_id[-1]), 240)
         by_sample.setdefault(episode.trajectory.sample_id, set()).add(episode.views[1].image.tobytes())
     assert all(len(crops) == 1 for crops in by_sample.values())  # every run cut the same crop from the same pixels
+
+
+class SwitchIntervalProbe:
+    """Answers at once, recording the interpreter's GIL switch interval it ran under."""
+
+    def __init__(self) -> None:
+        self.seen: set[float] = set()
+
+    def generate(self, messages, sampling):
+        import sys
+
+        from mini_o3.agent.policy import Generation
+
+        self.seen.add(sys.getswitchinterval())
+        return Generation("<answer>x</answer>")
+
+
+def test_many_episodes_in_flight_slow_gil_switching_and_restore_it(tmp_path: Path) -> None:
+    import sys
+
+    from mini_o3.agent.loop import MANY_THREADS
+
+    sample = photo(tmp_path / "a.png", 0)
+    before = sys.getswitchinterval()
+    many, few = SwitchIntervalProbe(), SwitchIntervalProbe()
+    assert len(list(run_episodes(many, [(sample, run) for run in range(4)], concurrency=MANY_THREADS))) == 4
+    assert len(list(run_episodes(few, [(sample, run) for run in range(4)], concurrency=8))) == 4
+    assert [round(value, 6) for value in many.seen] == [0.05] and few.seen == {before}
+    assert sys.getswitchinterval() == before

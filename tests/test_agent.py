@@ -206,3 +206,107 @@ def test_safe_names_are_distinct_for_distinct_ids() -> None:
     assert len(names) == 6
     assert safe_name("plain-id_1.jpg") == "plain-id_1.jpg"
     assert all(len(name) <= 120 and "/" not in name for name in names)
+
+
+# ---------------------------------------------------------------- hostile text (issue 13)
+
+
+def test_lone_surrogates_in_the_question_and_the_replies_are_made_safe_and_saved(tmp_path: Path) -> None:
+    (sample,) = make_samples(tmp_path, 1)
+    sample.question, sample.answer = "what does \udc80 say?", "\ud800"
+    policy = ScriptedPolicy(["<think>\udcff</think>" + ZOOM, "<answer>x\udc80</answer>"])
+    episode = run_episode(policy, sample)
+    trajectory = episode.trajectory
+    assert trajectory.status is Status.ANSWERED, trajectory.error
+    assert trajectory.answer == "x\ufffd" and trajectory.question == "what does \ufffd say?"
+    assert trajectory.turns[0].text.startswith("<think>\ufffd</think>")
+    with TrajectoryStore(tmp_path / "run") as store:
+        store.add(episode)
+    (loaded,) = store.load()
+    assert loaded.status is Status.ANSWERED and loaded.answer == "x\ufffd"
+
+
+class OddGeneration:
+    """A policy that returns what a careless server might: odd finish reasons and token counts."""
+
+    def __init__(self, **fields) -> None:
+        self.fields = fields
+
+    def generate(self, messages, sampling: SamplingParams) -> Generation:
+        return Generation(**{"text": "<answer>a</answer>", **self.fields})
+
+
+@pytest.mark.parametrize("fields", [
+    {"finish_reason": "\udc80"},
+    {"finish_reason": None},
+    {"prompt_tokens": "12", "completion_tokens": 3},
+    {"prompt_tokens": float("nan"), "completion_tokens": float("inf")},
+    {"prompt_tokens": True, "completion_tokens": -4},
+    {"prompt_tokens": 10 ** 400, "completion_tokens": 1},
+])
+def test_whatever_a_generation_carries_the_episode_ends_as_the_model_wrote_and_is_saved(tmp_path: Path, fields: dict) -> None:
+    (sample,) = make_samples(tmp_path, 1)
+    episode = run_episode(OddGeneration(**fields), sample)
+    assert episode.trajectory.status is Status.ANSWERED, episode.trajectory.error
+    with TrajectoryStore(tmp_path / "run") as store:
+        store.add(episode)
+    (loaded,) = store.load()
+    assert loaded.status is Status.ANSWERED
+    turn = loaded.turns[0]
+    assert isinstance(turn.finish_reason, str)
+    assert turn.prompt_tokens is None or (type(turn.prompt_tokens) is int and 0 <= turn.prompt_tokens < 10 ** 12)
+
+
+def test_text_that_is_not_a_string_is_an_error_naming_the_policy(tmp_path: Path) -> None:
+    (sample,) = make_samples(tmp_path, 1)
+    episode = run_episode(OddGeneration(text=5), sample)
+    assert episode.trajectory.status is Status.ERROR and "not a string" in episode.trajectory.error
+
+
+def test_a_policy_error_quoting_a_server_with_surrogates_is_saved(tmp_path: Path) -> None:
+    (sample,) = make_samples(tmp_path, 1)
+    episode = run_episode(FailingPolicy(1, PolicyError("HTTP 400: bad \udc80 byte")), sample)
+    assert episode.trajectory.error.endswith("bad \ufffd byte") and episode.trajectory.error_kind == "policy"
+    with TrajectoryStore(tmp_path / "run") as store:
+        store.add(episode)
+    assert store.load()[0].error == episode.trajectory.error
+
+
+def test_an_unreadable_image_is_an_image_error_rerunning_cannot_fix(tmp_path: Path) -> None:
+    (tmp_path / "text.jpg").write_text("not an image")
+    episode = run_episode(ScriptedPolicy(["<answer>a</answer>"]), Sample(id="t", image=tmp_path / "text.jpg", question="q", answer="a"))
+    assert episode.trajectory.status is Status.ERROR and episode.trajectory.error_kind == "image"
+
+
+def test_an_episode_that_cannot_be_saved_as_it_ran_is_saved_as_an_error(tmp_path: Path) -> None:
+    (sample,) = make_samples(tmp_path, 2)[:1]
+    episode = run_episode(ScriptedPolicy([ZOOM, "<answer>0</answer>"]), sample)
+    # What no boundary cleaned: a policy's own extra data with a lone surrogate, a NaN and an object.
+    episode.trajectory.meta.update(note="\udc80", score=float("nan"), handle=threading.Lock())
+    episode.trajectory.turns[0].logprobs = [float("-inf")]
+    with TrajectoryStore(tmp_path / "run") as store:
+        saved = store.add(episode)
+        store.add(run_episode(ScriptedPolicy(["<answer>1</answer>"]), make_samples(tmp_path, 2)[1]))
+    assert saved.status is Status.ERROR and saved.error_kind == "save" and "cannot save" in saved.error
+    first, second = store.load()
+    assert (first.sample_id, first.status, first.error_kind) == ("q/0", Status.ERROR, "save")
+    assert first.num_turns == 2 and first.meta["note"] == "\ufffd" and first.meta["score"] is None
+    assert second.status is Status.ANSWERED
+    import json
+
+    for line in store.path.read_text(encoding="utf-8").splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+
+def test_a_non_finite_number_alone_makes_the_episode_a_saved_error_in_strict_json(tmp_path: Path) -> None:
+    import json
+
+    (sample,) = make_samples(tmp_path, 1)
+    episode = run_episode(ScriptedPolicy(["<answer>0</answer>"]), sample)
+    episode.trajectory.turns[0].logprobs = [-0.5, float("-inf")]  # a broken model's log-probability
+    with TrajectoryStore(tmp_path / "run") as store:
+        saved = store.add(episode)
+    assert saved.status is Status.ERROR and saved.error_kind == "save" and "(it had ended answered)" in saved.error
+    line = store.path.read_text(encoding="utf-8")
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert record["turns"][0]["logprobs"] == [-0.5, None]

@@ -455,3 +455,90 @@ def test_synthetic_bad_records_stop_the_load_or_are_skipped_and_counted(tmp_path
     assert [s.id for s in result] == ["synthetic_easy_000000"] and result.skipped == 3
     assert "field 'solution'" in result.reasons[1] and "image not found" in result.reasons[2]
     assert all("rerun `mini-o3 synth`" in reason for reason in result.reasons[1:])
+
+# ---------------------------------------------------------------- hostile files (issue 13)
+
+
+def test_a_jsonl_line_that_is_not_utf8_is_a_bad_record_naming_file_and_line(tmp_path: Path) -> None:
+    records = generic_records(tmp_path)
+    lines = [json.dumps(r).encode() for r in records]
+    lines.insert(1, b'{"id": "x", "image": "img/a.jpg", "question": "caf\xe9?", "answer": "a"}')  # Latin-1, not UTF-8
+    for name, order in (("later.jsonl", lines), ("first.jsonl", [lines[1], lines[0], *lines[2:]])):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(order) + b"\n")  # with a BOM, as Windows editors save
+        bad_line = 2 if name == "later.jsonl" else 1
+        with pytest.raises(DatasetError, match=rf"{name}: record {bad_line - 1} \(line {bad_line}\): .*not UTF-8 .*--skip-bad"):
+            load_dataset(f"jsonl:{path}")
+        for spec in (f"jsonl:{path}", str(path)):  # the bare path is detected past the bad line
+            result = load_dataset(spec, skip_bad=True)
+            assert sorted(s.id for s in result) == ["7", "a", "c"] and result.skipped == 1
+            assert f"line {bad_line}" in result.reasons[0] and "byte 0xe9" in result.reasons[0]
+
+
+def test_a_tsv_row_that_is_not_utf8_is_a_bad_record(tmp_path: Path) -> None:
+    path = write_tsv(tmp_path / "hr_bench_4k.tsv", hrbench_rows())
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"EXIT", b"EX\xffT", 1)
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DatasetError, match=r"record 1 \(line 3\), id '1': .*not UTF-8"):
+        load_dataset(f"hrbench:{path}")
+    result = load_dataset(f"hrbench:{path}", skip_bad=True)
+    assert [s.id for s in result] == ["0", "2", "3"] and result.skipped == 1
+
+
+def test_lone_surrogates_in_a_data_file_are_made_safe_where_they_are_read(tmp_path: Path) -> None:
+    records = generic_records(tmp_path)
+    records[0].update(question="what does \udc80 say?", category="\ud800", id="a\udcff")
+    records.append({"id": "bad\udc80", "image": "img/gone.jpg", "question": "q", "answer": "a"})
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps(records))  # json.dumps writes them as \udc80 escapes: valid JSON
+    result = load_dataset(str(path), skip_bad=True)
+    first = result.samples[0]
+    assert (first.id, first.question, first.category) == ("a\ufffd", "what does \ufffd say?", "\ufffd")
+    assert "bad\ufffd" in result.reasons[0]
+    for text in (first.id, first.question, first.category, *result.reasons):
+        text.encode("utf-8")
+
+
+def test_images_are_checked_at_load_from_their_headers(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    def png_header(width: int, height: int) -> bytes:
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    noise = Image.frombytes("RGB", (300, 200), bytes(range(256)) * 703 + bytes(132))
+    buffer = io.BytesIO()
+    noise.save(buffer, format="JPEG")
+    whole = buffer.getvalue()
+    files = {
+        "good.jpg": whole,
+        "truncated.jpg": whole[: len(whole) // 2],  # its header is whole: it passes here and fails at the episode
+        "empty.jpg": b"",
+        "text.jpg": b"hello, I am not an image\n",
+        "corrupt.jpg": b"\xff\xd8\xff\xe0" + b"\x00" * 100,
+        "bomb.png": png_header(20_000, 20_000),
+        "big.png": png_header(14_000, 14_000),  # 196M pixels: over Pillow's guard, under our limit
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / "folder.jpg").mkdir()
+    names = [*files, "folder.jpg"]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps({"id": name, "image": f"img/{name}", "question": "q", "answer": "a"}) + "\n" for name in names))
+    with pytest.raises(DatasetError, match=r"record 2, id 'empty.jpg': image .*empty.jpg is empty.*--skip-bad"):
+        load_dataset(f"jsonl:{path}")
+    result = load_dataset(f"jsonl:{path}", skip_bad=True)
+    assert [s.id for s in result] == ["good.jpg", "truncated.jpg", "big.png"]
+    assert result.skipped == 5
+    expected = {"empty.jpg": "empty", "text.jpg": "not an image", "corrupt.jpg": "not an image",
+                "bomb.png": "over the limit of 300,000,000 pixels; raise --image-pixel-limit", "folder.jpg": "is a folder"}
+    for reason, (name, words) in zip(result.reasons, expected.items()):
+        assert str(path) in reason and f"id {name!r}" in reason and words in reason, reason
+    smaller = load_dataset(f"jsonl:{path}", skip_bad=True, pixel_limit=100_000_000)
+    assert [s.id for s in smaller] == ["good.jpg", "truncated.jpg"] and "100,000,000" in smaller.reasons[-2]

@@ -446,3 +446,24 @@ def test_collect_with_the_tiny_model_locally(tmp_path: Path, tiny_checkpoint: Pa
     _check_failures_counted(report, small_samples)
     statuses = report.stats["rounds"][0]["statuses"]
     assert sum(statuses.values()) == len(small_samples)
+
+
+def test_a_rerun_removes_the_temporaries_a_killed_run_left(tmp_path: Path, small_samples: list[Sample]) -> None:
+    config = _config(tmp_path, policy="oracle", exemplars_per_prompt=0)
+    collect(config, samples=small_samples)
+    out = tmp_path / "out"
+    # What `mini-o3 collect` killed while writing its files leaves behind (seen: 1.2 MB each).
+    left = [
+        out / f".accepted.jsonl.{'a' * 32}.tmp",
+        out / "sft" / f".messages.jsonl.{'0123456789abcdef' * 2}.tmp",
+        out / "sft" / "coldstart" / ".shard-00007.parquet.tmp",
+    ]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 1000)
+    foreign = [out / "notes.tmp", out / "sft" / ".messages.jsonl.tmp"]  # not names our writers use: left alone
+    for path in foreign:
+        path.write_text("mine")
+    collect(config, samples=small_samples)
+    assert [path for path in left if path.exists()] == []
+    assert all(path.exists() for path in foreign)

@@ -18,6 +18,7 @@ from mini_o3.agent.images import (
     ImageLoadError,
     ResizePolicy,
     as_pil,
+    check_image_file,
     check_box,
     compose,
     data_url,
@@ -194,3 +195,86 @@ def test_data_url_round_trip() -> None:
     assert url.startswith("data:image/png;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert decoded.size == (30, 20) and decoded.getpixel((0, 0)) == (10, 200, 30)
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 13)
+
+
+@pytest.mark.parametrize("value", [1e308, -1e308, 1.7e308])
+def test_a_coordinate_whose_pixels_overflow_is_a_box_error_not_a_crash(value: float) -> None:
+    for box in ((0.0, 0.0, value, 1.0), (value, 0.0, 1.0, 1.0)):
+        with pytest.raises(BoxError, match="too large"):
+            zoom_box_in_original(box, (0, 0, 4000, 3000))
+
+
+def test_huge_but_representable_coordinates_are_clamped_as_the_reference_does() -> None:
+    assert zoom_box_in_original((-1e300, 0.0, 1e300, 1.0), (0, 0, 40, 30)) == (0, 0, 39, 29)
+
+
+def test_a_folder_is_named_as_a_folder_not_as_missing(tmp_path: Path) -> None:
+    (tmp_path / "photo.jpg").mkdir()
+    for check in (load_image, check_image_file):
+        with pytest.raises(ImageLoadError, match="is a folder, not an image file"):
+            check(tmp_path / "photo.jpg")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_the_header_check_refuses_what_cannot_be_an_image_without_decoding(tmp_path: Path) -> None:
+    cases = {
+        "empty.jpg": (b"", "empty"),
+        "text.jpg": (b"I am a text file\n", "not an image"),
+        "corrupt.jpg": (b"\xff\xd8\xff\xe0" + b"\x00" * 64, "not an image"),
+        "bomb.png": (_png_header(20_000, 20_000), "over the limit of 300,000,000 pixels; raise --image-pixel-limit"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageLoadError, match=message.replace("(", r"\(")) as caught:
+            check_image_file(tmp_path / name)
+        assert name in str(caught.value)
+    # 196M pixels: over Pillow's own guard (179M), under ours; the header says so without a decode.
+    (tmp_path / "big.png").write_bytes(_png_header(14_000, 14_000))
+    assert check_image_file(tmp_path / "big.png") == (14_000, 14_000)
+    good = write(tmp_path, Image.new("RGB", (64, 48), "red"), "good.jpg")
+    assert check_image_file(good) == (64, 48)
+
+
+def test_our_pixel_limit_is_the_only_one_and_pillows_setting_is_left_as_the_user_set_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mini_o3.agent.env import ZoomEnv
+    from mini_o3.agent.policy import Generation
+    from mini_o3.agent.sample import Sample
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow would refuse anything over 2,000 pixels
+    path = write(tmp_path, Image.new("RGB", (300, 200), "green"), "g.png")
+    assert load_image(path, pixel_limit=100_000).size == (300, 200)
+    with pytest.raises(ImageLoadError, match="over the limit of 50,000 pixels; raise --image-pixel-limit"):
+        load_image(path, pixel_limit=50_000)
+    env = ZoomEnv(Sample(id="g", image=path, question="?", answer="a"), pixel_limit=100_000)
+    env.step(Generation('<grounding>{"bbox_2d": [0, 0, 1, 1], "source": "original_image"}</grounding>'))
+    assert env.trajectory.turns[0].feedback == "observation"  # a crop of 60,000 pixels, over Pillow's 2,000
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+
+
+def test_image_bytes_are_decoded_with_the_same_checks(tmp_path: Path) -> None:
+    import io
+
+    from mini_o3.agent.images import decode_image_bytes
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (30, 20), (255, 0, 0, 0)).save(buffer, format="PNG")
+    decoded = decode_image_bytes(buffer.getvalue(), "the upload")
+    assert decoded.size == (30, 20) and decoded.mode == "RGB"
+    for data, words in ((b"", "the upload is empty"), (b"GIF89a", "the upload is not an image"), (_png_header(20_000, 20_000), "over the limit")):
+        with pytest.raises(ImageLoadError, match=words):
+            decode_image_bytes(data, "the upload")
+    with pytest.raises(ImageLoadError, match="cannot decode the upload"):
+        decode_image_bytes(buffer.getvalue()[:-30], "the upload")

@@ -69,6 +69,30 @@ def test_rollout_weights_mask_truncated_rollouts_only_when_masking_is_on() -> No
     assert masking.rollout_weights(["answered", "over_turn"]).tolist() == [1.0, 0.0]
 
 
+def test_a_void_truncated_rollout_is_trained_and_void_never_unmasks_an_error() -> None:
+    statuses = [Status.OVER_TURN, Status.OVER_TURN, Status.OVER_CONTEXT, Status.ERROR, Status.ANSWERED]
+    void = [True, False, True, True, False]
+    assert masking.rollout_weights(statuses, void=void).tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert masking.rollout_weights(statuses, overturn_mask=False, void=void).tolist() == [1.0, 1.0, 1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="void has 1 flags for 5"):
+        masking.rollout_weights(statuses, void=[True])
+
+
+@pytest.mark.parametrize(
+    ("text", "unclosed"),
+    [
+        ('<think>Left.</think><grounding>{"bbox_2d": [0.1, 0.2', True),  # cut by the token limit
+        ("<think>Left.</think><grounding>", True),
+        ('<think>x</think><grounding>{"bbox_2d": [0, 0, 1, 1], "source": "original_image"}</grounding>', False),
+        ("<think>It is red.</think><answer>red</answer>", False),
+        ("</grounding> then <grounding>{", True),  # a stray close before the open does not close it
+        ("no action at all", False),
+    ],
+)
+def test_unclosed_grounding(text: str, unclosed: bool) -> None:
+    assert masking.unclosed_grounding(text) is unclosed
+
+
 def test_loss_mask_combines_assistant_tokens_and_rollout_weights() -> None:
     assistant = torch.tensor([[1, 1, 0, 1], [1, 0, 1, 1]])
     mask = masking.loss_mask(assistant, torch.tensor([1.0, 0.0]))
@@ -102,35 +126,43 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"tokens": tokens, "assistant": assistant, "rewards": rewards, "statuses": statuses}
 
 
-def _gradient(model: TableModel, batch: dict, overturn_mask: bool, old_shift: float = 0.05) -> torch.Tensor:
+def _gradient(model: TableModel, batch: dict, overturn_mask: bool, old_shift: float = 0.05, aggregation: str = "rollout_token_mean") -> torch.Tensor:
     model.zero_grad()
     logprobs = model(batch["tokens"])
     old = logprobs.detach() - old_shift  # ratios slightly above 1, some clipped
     advantages = masking.group_advantages(batch["rewards"]).reshape(-1)
     mask = masking.loss_mask(batch["assistant"], masking.rollout_weights(batch["statuses"], overturn_mask))
-    loss, _ = masking.clipped_token_loss(logprobs, old, advantages, mask)
+    loss, _ = masking.clipped_token_loss(logprobs, old, advantages, mask, aggregation=aggregation)
     loss.backward()
     return model.logits.grad.clone()
 
 
+@pytest.mark.parametrize("aggregation", masking.LOSS_AGGREGATIONS)
 @pytest.mark.parametrize("replacement_seed", [1, 2, 3])
-def test_over_turn_rollout_tokens_do_not_change_the_gradient_when_masked(replacement_seed: int) -> None:
+def test_over_turn_rollout_tokens_do_not_change_the_gradient_when_masked(replacement_seed: int, aggregation: str) -> None:
     model = TableModel(9, 11)
     batch = _batch()
-    reference = _gradient(model, batch, overturn_mask=True)
+    reference = _gradient(model, batch, overturn_mask=True, aggregation=aggregation)
     replaced = dict(batch)
     tokens = batch["tokens"].clone()
     tokens[2] = torch.randint(0, 11, (9,), generator=torch.Generator().manual_seed(replacement_seed))
     replaced["tokens"] = tokens
-    assert torch.equal(_gradient(model, replaced, overturn_mask=True), reference)
+    assert torch.equal(_gradient(model, replaced, overturn_mask=True, aggregation=aggregation), reference)
     # Without masking the over-turn rollout is pushed down, so its tokens matter.
-    assert not torch.allclose(_gradient(model, replaced, overturn_mask=False), _gradient(model, batch, overturn_mask=False))
+    assert not torch.allclose(
+        _gradient(model, replaced, overturn_mask=False, aggregation=aggregation),
+        _gradient(model, batch, overturn_mask=False, aggregation=aggregation),
+    )
 
 
-def test_masking_off_changes_the_gradient() -> None:
+@pytest.mark.parametrize("aggregation", masking.LOSS_AGGREGATIONS)
+def test_masking_off_changes_the_gradient(aggregation: str) -> None:
     model = TableModel(9, 11)
     batch = _batch()
-    assert not torch.allclose(_gradient(model, batch, overturn_mask=True), _gradient(model, batch, overturn_mask=False))
+    assert not torch.allclose(
+        _gradient(model, batch, overturn_mask=True, aggregation=aggregation),
+        _gradient(model, batch, overturn_mask=False, aggregation=aggregation),
+    )
 
 
 def test_observation_and_error_tokens_get_zero_gradient() -> None:
@@ -145,18 +177,56 @@ def test_observation_and_error_tokens_get_zero_gradient() -> None:
     assert torch.all(logprobs.grad[[0, 1, 3]][:, [0, 1, 2, 6, 7, 8]] != 0)
 
 
-def test_loss_is_a_token_mean_over_unmasked_tokens() -> None:
+def test_token_mean_is_one_mean_over_unmasked_tokens() -> None:
     logprobs = torch.zeros(2, 3)
     advantages = torch.tensor([1.0, -2.0])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    loss, stats = masking.clipped_token_loss(logprobs, logprobs, advantages, mask)
+    loss, stats = masking.clipped_token_loss(logprobs, logprobs, advantages, mask, aggregation="token_mean")
     # Ratio 1 everywhere: per-token loss is -A; (-1 - 1 + 2) / 3 tokens.
     assert loss.item() == pytest.approx(0.0)
     assert stats.tokens == 3
-    loss, _ = masking.clipped_token_loss(logprobs, logprobs, torch.tensor([1.0, 1.0]), mask)
+    loss, _ = masking.clipped_token_loss(logprobs, logprobs, torch.tensor([1.0, 1.0]), mask, aggregation="token_mean")
     assert loss.item() == pytest.approx(-1.0)  # a token mean, not a mean of per-rollout means
-    loss, _ = masking.clipped_token_loss(logprobs, logprobs, torch.tensor([1.0, 1.0]), mask, num_tokens=6)
+    loss, _ = masking.clipped_token_loss(logprobs, logprobs, torch.tensor([1.0, 1.0]), mask, aggregation="token_mean", normaliser=6)
     assert loss.item() == pytest.approx(-0.5)
+
+
+def test_rollout_token_mean_averages_rollout_means_and_counts_a_masked_rollout_as_zero() -> None:
+    logprobs = torch.zeros(3, 3, requires_grad=True)
+    advantages = torch.tensor([1.0, -2.0, 3.0])
+    # Rollout 0 has 2 unmasked tokens, rollout 1 has 1, rollout 2 is masked (over-turn).
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    loss, stats = masking.clipped_token_loss(logprobs, logprobs.detach(), advantages, mask)
+    # Ratio 1: per-token loss -A. Rollout means -1, 2 and 0 (masked); over 3 rollouts: 1/3.
+    # (DAPO's token mean gives 0; renormalising over the 2 unmasked rollouts would give 1/2;
+    # dividing by every token of a rollout, masked ones too, would give 0.)
+    assert loss.item() == pytest.approx(1 / 3)
+    assert stats.tokens == 3
+    loss.backward()
+    # d loss / d logprob = -A / (unmasked tokens of the rollout x rollouts).
+    assert torch.allclose(logprobs.grad, torch.tensor([[-1 / 6, -1 / 6, 0.0], [2 / 3, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    # Split over micro-batches, each divides by the rollouts of the whole step: the sum is the same.
+    whole, _ = masking.clipped_token_loss(logprobs, logprobs.detach(), advantages, mask, normaliser=6)
+    parts = [
+        masking.clipped_token_loss(logprobs[rows], logprobs[rows].detach(), advantages[rows], mask[rows], normaliser=6)[0]
+        for rows in ([0], [1, 2])
+    ]
+    assert whole.item() == pytest.approx(1 / 6) and sum(part.item() for part in parts) == pytest.approx(1 / 6)
+
+
+def test_rollout_token_mean_weighs_long_and_short_rollouts_alike() -> None:
+    logprobs = torch.zeros(2, 4)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    advantages = torch.tensor([1.0, -1.0])
+    released, _ = masking.clipped_token_loss(logprobs, logprobs, advantages, mask)
+    dapo, _ = masking.clipped_token_loss(logprobs, logprobs, advantages, mask, aggregation="token_mean")
+    assert released.item() == pytest.approx(0.0)  # (-1 + 1) / 2
+    assert dapo.item() == pytest.approx(-3 / 5)  # (-4 + 1) / 5: the long rollout dominates
+
+
+def test_unknown_aggregation_is_refused() -> None:
+    with pytest.raises(ValueError, match="rollout_token_mean, token_mean"):
+        masking.clipped_token_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), aggregation="seq_mean")
 
 
 def test_clip_bounds_are_asymmetric() -> None:
@@ -190,6 +260,8 @@ def test_masked_garbage_does_not_poison_the_loss() -> None:
 
 def test_all_masked_batch_gives_a_zero_loss() -> None:
     logprobs = torch.zeros(2, 3, requires_grad=True)
-    loss, stats = masking.clipped_token_loss(logprobs, logprobs.detach(), torch.ones(2), torch.zeros(2, 3))
-    loss.backward()
-    assert loss.item() == 0.0 and stats.tokens == 0 and torch.all(logprobs.grad == 0)
+    for aggregation in masking.LOSS_AGGREGATIONS:
+        logprobs.grad = None
+        loss, stats = masking.clipped_token_loss(logprobs, logprobs.detach(), torch.ones(2), torch.zeros(2, 3), aggregation=aggregation)
+        loss.backward()
+        assert loss.item() == 0.0 and stats.tokens == 0 and torch.all(logprobs.grad == 0)

@@ -201,3 +201,120 @@ def test_any_grounding_body_parses_or_explains(body: str, tail: str) -> None:
     if isinstance(result, Zoom):
         assert len(result.bbox) == 4 and all(isinstance(v, float) for v in result.bbox)
         assert protocol.source_index(result.source) >= 0
+
+
+# ---------------------------------------------------------------- hostile replies (issue 13)
+
+HUGE = "9" * 400
+
+
+@pytest.mark.parametrize("value", [HUGE, "-" + HUGE, "1e308", "-1e308", "1e999", "NaN", "Infinity", "-Infinity", f'"{HUGE}"', '"1e999"'])
+def test_a_coordinate_that_is_no_finite_number_is_the_models_malformed_action(value: str) -> None:
+    for text in (
+        f'<grounding>{{"bbox_2d": [0, 0, {value}, 1], "source": "original_image"}}</grounding>',
+        f"<grounding>bbox_2d: [0, 0, {value}, 1]</grounding>",  # the tolerant scan, not JSON
+    ):
+        result = parse_action(text)
+        if isinstance(result, Zoom):  # 1e308 is a float: the box maths must refuse it (tests/test_images.py)
+            assert value.lstrip("-") == "1e308"
+            continue
+        assert isinstance(result, Malformed), (text, result)
+        assert "finite" in result.error and len(result.error) < 400
+
+
+def test_a_source_with_thousands_of_digits_is_malformed_not_a_crash() -> None:
+    result = parse_action('<grounding>{"bbox_2d": [0, 0, 1, 1], "source": "observation_' + "7" * 5000 + '"}</grounding>')
+    assert isinstance(result, Malformed) and len(result.error) < 400
+
+
+# Each family is the worst case of one rule of the parser; `unit * n` must parse in time linear in n.
+ADVERSARIAL_UNITS = [
+    "<answer>",
+    "<answer></answe",
+    "<grounding>bbox:[",
+    "<grounding>bbox_2d: [1",
+    "1",
+    "1.",
+    "1e",
+    ", ",
+    "{",
+    "[",
+    "source:'",
+    "'source': \"",
+    "<think>",
+    "\udc80",
+]
+
+
+def _parse_seconds(text: str) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(3):  # the least of three: other processes share these cores
+        started = time.perf_counter()
+        parse_action(text)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+# The repeated text alone, and inside each place of a grounding, so it reaches every branch of the parser.
+WRAPPERS = [
+    "{}",
+    "<grounding>{}",
+    "<grounding>bbox_2d: [{}",
+    "<grounding>bbox_2d: [{}]",
+    '<grounding>bbox_2d: [1, 1, 1, {}], source: "',
+    "<grounding>bbox_2d: [1, 1, 1, {}x]",
+    '<grounding>{{"bbox_2d": [0, 0, 1, 1], "source": "{}"}}',
+    "<answer>{}",
+]
+
+
+@pytest.mark.parametrize("unit", ADVERSARIAL_UNITS)
+def test_parsing_time_is_linear_in_the_size_of_the_reply(unit: str) -> None:
+    for wrapper in WRAPPERS:
+        small = wrapper.format(unit * (4_000 // len(unit)))
+        large = wrapper.format(unit * (32_000 // len(unit)))
+        # 8x the text: linear is 8x the time, quadratic 64x. 0.05 s absorbs timer noise at the small end.
+        assert _parse_seconds(large) < 20 * _parse_seconds(small) + 0.05, (wrapper, unit)
+
+
+def test_a_megabyte_of_hostile_reply_parses_in_well_under_a_second() -> None:
+    import time
+
+    # Was 24 s for 240 KB of "<answer>" (issue 13); now at most 0.15 s a megabyte on 2 idle cores. The
+    # bound leaves room for a loaded machine (a retry takes the least of three) and is still far below
+    # what any quadratic rule would take on a megabyte (minutes).
+    for unit in ADVERSARIAL_UNITS:
+        for wrapper in WRAPPERS:
+            text = wrapper.format(unit * (1_000_000 // len(unit)))
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                parse_action(text)
+                best = min(best, time.perf_counter() - started)
+                if best < 1.0:
+                    break
+            assert best < 1.0, (wrapper, unit)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["<answer>", "</answer>", "<grounding>", "</grounding>", "{", "}", "[", "]", ",", " ",
+                                 "1", ".", "e", "-", "bbox_2d", ":", '"', "'", "source", "observation_", "\udc80", "x"]),
+                min_size=1, max_size=12))
+def test_any_repeated_fragment_parses_in_linear_time(pieces: list[str]) -> None:
+    unit = "".join(pieces)
+    for wrapper in WRAPPERS:
+        small = wrapper.format(unit * (4_000 // len(unit) + 1))
+        large = wrapper.format(unit * (32_000 // len(unit) + 1))
+        assert _parse_seconds(large) < 20 * _parse_seconds(small) + 0.05, (wrapper, unit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["<answer>", "</answer>", "<answer", "answer>", " x ", "\n", "<", "/", "é"]), max_size=20))
+def test_extract_answer_reads_what_the_reference_findall_reads(pieces: list[str]) -> None:
+    import re
+
+    text = "".join(pieces)
+    found = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)  # the released reward's rule, quadratic on hostile text
+    assert protocol.extract_answer(text) == (found[-1].strip() if found else None)

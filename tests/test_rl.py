@@ -1,25 +1,30 @@
-"""GRPO on TRL through the shared episode engine: one step end to end, masking in the batch, ids that decode back."""
+"""GRPO on TRL through the shared episode engine: one step end to end, masking in the batch, ids that decode back,
+the released objective over several mini-batches, sampled log-probs equal to the training forward's, failed groups."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
 from mini_o3.agent import protocol
+from mini_o3.agent.policy import Generation, PolicyError
 from mini_o3.agent.sample import Sample
 from mini_o3.policies.scripted import ScriptedPolicy
 from mini_o3.models.tiny import build_tiny, load_checkpoint
-from mini_o3.train.config import RLJobConfig
+from mini_o3.train.config import RLJobConfig, load_preset
 from mini_o3.train.tokenize import ConversationEncoder
-from mini_o3.agent.trajectory import Trajectory
+from mini_o3.agent.trajectory import Status, Trajectory
 
-pytestmark = pytest.mark.slow  # every test here builds a trainer (TRL alone takes seconds to import)
+slow = pytest.mark.slow  # a test that builds a trainer (TRL alone takes seconds to import)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +42,21 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
         path = folder / f"scene{index}.png"
         image.save(path)
         out.append(Sample(id=f"s{index}", image=path, question="What colour is the square?", answer=name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def many_samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    """Eight questions: enough for eight groups in one RL step."""
+    folder = tmp_path_factory.mktemp("many")
+    out = []
+    for index in range(8):
+        colour, name = [((220, 30, 30), "red"), ((30, 30, 220), "blue"), ((30, 200, 30), "green")][index % 3]
+        image = Image.new("RGB", (448, 448), (200, 200, 200))
+        image.paste(colour, (40 + 40 * index, 60 + 30 * index, 100 + 40 * index, 120 + 30 * index))
+        path = folder / f"scene{index}.png"
+        image.save(path)
+        out.append(Sample(id=f"m{index}", image=path, question="What colour is the square?", answer=name))
     return out
 
 
@@ -83,6 +103,7 @@ def rows(trainer: object, indices: list[int]) -> list[dict]:
     return [{"prompt": "q", "sample_index": index} for index in indices for _ in range(trainer.num_generations)]
 
 
+@slow
 def test_one_rl_step_end_to_end(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
     from mini_o3.policies.local import LocalPolicy
     from mini_o3.train.rl import LOG_FILE, ROLLOUTS_FILE, run_rl
@@ -106,13 +127,16 @@ def test_one_rl_step_end_to_end(tiny_dir: Path, samples: list[Sample], tmp_path:
         assert policy.count_tokens("<answer>red</answer>") > 0
 
 
-def test_over_turn_rollouts_carry_no_loss_unless_masking_is_off(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+@slow
+@pytest.mark.parametrize("aggregation", ["rollout_token_mean", "token_mean"])
+def test_over_turn_rollouts_carry_no_loss_unless_masking_is_off(tiny_dir: Path, samples: list[Sample], tmp_path: Path, aggregation: str) -> None:
     from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
 
     for overturn_mask in (True, False):
         out = tmp_path / f"mask-{overturn_mask}"
         # One episode at a time, so the scripted draws (and so the statuses) are the same every run.
-        trainer = build_trainer(job(tiny_dir, out, overturn_mask=overturn_mask, concurrency=1), samples, mixed_policy(seed=3))
+        config = job(tiny_dir, out, overturn_mask=overturn_mask, concurrency=1, loss_aggregation=aggregation)
+        trainer = build_trainer(config, samples, mixed_policy(seed=3))
         batch = trainer._generate_and_score_completions(rows(trainer, [0, 1]))
         records = [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
         in_batch = [record for record in records if record["meta"]["in_batch"]]
@@ -137,9 +161,12 @@ def test_over_turn_rollouts_carry_no_loss_unless_masking_is_off(tiny_dir: Path, 
         group_rewards = torch.tensor([[record["meta"]["reward"] for record in in_batch[g * 4 : (g + 1) * 4]] for g in range(2)])
         expected = (group_rewards - group_rewards.mean(1, keepdim=True)) / (group_rewards.std(1, keepdim=True) + 1e-6)
         assert torch.allclose(batch["advantages"].cpu(), expected.reshape(-1), atol=1e-5)
-        # Our loss is TRL's own "dapo" loss with the over-turn and observation masks as its tool mask.
+        # Our loss is TRL's own with the over-turn and observation masks as its tool mask: its "grpo"
+        # loss type is the released objective (each rollout's token mean, averaged over rollouts),
+        # its "dapo" the token mean.
         from trl import GRPOTrainer
 
+        assert trainer.loss_type == {"rollout_token_mean": "grpo", "token_mean": "dapo"}[aggregation]
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
         ours = trainer._compute_loss(trainer.model, batch)
@@ -148,6 +175,7 @@ def test_over_turn_rollouts_carry_no_loss_unless_masking_is_off(tiny_dir: Path, 
         trainer.close()
 
 
+@slow
 def test_ids_trained_on_decode_to_the_recorded_conversation(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
     from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
 
@@ -189,6 +217,7 @@ def test_ids_trained_on_decode_to_the_recorded_conversation(tiny_dir: Path, samp
     assert checked >= len(trajectories) // 2
 
 
+@slow
 def test_a_killed_run_resumes_without_repeating_steps(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
     import shutil
 
@@ -204,6 +233,7 @@ def test_a_killed_run_resumes_without_repeating_steps(tiny_dir: Path, samples: l
     assert rollout_steps == sorted(rollout_steps) and set(rollout_steps) == {1, 2}
 
 
+@slow
 def test_rollouts_repeat_with_the_seed_and_change_with_it(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
     from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
 
@@ -220,3 +250,303 @@ def test_rollouts_repeat_with_the_seed_and_change_with_it(tiny_dir: Path, sample
     assert len(first) == 8
     assert rollouts(7, "b") == first
     assert rollouts(8, "c") != first
+
+
+# ---------------------------------------------------------------- the released objective
+
+
+def test_the_default_and_the_presets_use_the_released_objective() -> None:
+    from mini_o3.train.config import preset_names
+
+    assert {"qwen2.5-vl-7b", "tiny-cpu"} <= set(preset_names())
+    for rl in (RLJobConfig(), *(load_preset(name).rl for name in preset_names())):
+        assert rl.loss_aggregation == "rollout_token_mean"
+        assert rl.drop_failed_groups and rl.void_unclosed_grounding
+        assert not rl.freeze_vision  # the release's RL trains the whole model
+    with pytest.raises(ValueError, match="loss_aggregation"):
+        RLJobConfig(loss_aggregation="seq_mean").validate()
+
+
+def _gradients(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
+
+
+@slow
+@pytest.mark.parametrize("aggregation", ["rollout_token_mean", "token_mean"])
+def test_several_optimizer_steps_per_rl_step_follow_the_objective(
+    tiny_dir: Path, many_samples: list[Sample], tmp_path: Path, aggregation: str
+) -> None:
+    """The 7B preset's shape: more questions per RL step than per mini-batch, so old log-probs are recomputed."""
+    from transformers import TrainerCallback
+
+    from mini_o3.train.rl import build_trainer
+
+    config = job(
+        tiny_dir, tmp_path / "out", prompts_per_step=8, mini_batch_prompts=1, num_generations=4, micro_batch_size=2,
+        max_grad_norm=1e9, learning_rate=1e-2, concurrency=1, max_sampling_rounds=12, save_steps=100,
+        loss_aggregation=aggregation,
+    )
+    with pytest.raises(ValueError, match="at least prompts_per_step"):
+        build_trainer(config, many_samples[:7], mixed_policy(seed=11))
+    trainer = build_trainer(config, many_samples, mixed_policy(seed=11))
+    accumulation = trainer.args.gradient_accumulation_steps
+    assert (accumulation, trainer.args.steps_per_generation, trainer.args.max_steps) == (2, 16, 8)
+    start = copy.deepcopy(trainer.model)
+    seen: list[dict[str, Any]] = []
+
+    class Capture(TrainerCallback):
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            k = len(seen)
+            seen.append({
+                "model": copy.deepcopy(trainer.model),  # the weights this mini-batch was evaluated at
+                "gradient": _gradients(trainer.model).clone(),
+                "inputs": trainer._buffered_inputs[k * accumulation : (k + 1) * accumulation],
+                "all": list(trainer._buffered_inputs),
+            })
+
+    trainer.add_callback(Capture())
+    trainer.train()
+    trainer.close()
+    assert len(seen) == 8 and trainer.state.global_step == 8  # one RL step, eight optimizer steps
+    every = seen[0]["all"]
+    # Old log-probs were recomputed once, at the weights before the first update: the first
+    # mini-batch starts exactly on-policy (ratio 1), later ones do not.
+    with torch.no_grad():
+        for micro in every:
+            mask = micro["loss_mask"] > 0
+            now = trainer._logprobs(start, micro)
+            assert mask.sum() == 0 or (now - micro["old_per_token_logps"])[mask].abs().max() < 1e-5
+        later = seen[1]["inputs"][0]
+        moved = trainer._logprobs(seen[1]["model"], later) - later["old_per_token_logps"]
+        assert moved[later["loss_mask"] > 0].abs().max() > 1e-4
+    # Some mini-batch mixes masked (over-turn) and trained rollouts, so renormalising would show.
+    carries = [bool(row.sum() > 0) for step in seen for micro in step["inputs"] for row in micro["loss_mask"]]
+    assert any(carries) and not all(carries)
+    # The objective written out: per mini-batch (optimizer step), the mean over its rollouts of
+    # each rollout's token mean (a masked rollout counts as 0), or the token sum over the RL
+    # step's mean tokens per mini-batch (DAPO, as TRL's normaliser); one PPO clip 0.2 / 0.3.
+    step_tokens = sum(float(micro["loss_mask"].sum()) for micro in every) / len(seen)
+    for step in seen:
+        model = copy.deepcopy(step["model"])
+        model.zero_grad(set_to_none=True)
+        model.train()
+        rollouts = sum(len(micro["advantages"]) for micro in step["inputs"])
+        for micro in step["inputs"]:
+            mask = micro["loss_mask"]
+            advantages = micro["advantages"].unsqueeze(1)
+            logprobs = trainer._logprobs(model, micro)
+            ratio = torch.exp((logprobs - micro["old_per_token_logps"]) * (mask > 0))
+            per_token = -torch.minimum(ratio * advantages, ratio.clamp(0.8, 1.3) * advantages) * mask
+            if aggregation == "rollout_token_mean":
+                loss = (per_token.sum(1) / mask.sum(1).clamp(min=1.0)).sum() / rollouts
+            else:
+                loss = per_token.sum() / step_tokens
+            loss.backward()
+        expected = _gradients(model)
+        assert expected.norm() > 0
+        assert (step["gradient"] - expected).norm() / expected.norm() < 1e-4
+
+
+@slow
+def test_sampled_logprobs_equal_the_training_forwards_on_a_multi_turn_multi_image_rollout(
+    tiny_dir: Path, samples: list[Sample], tmp_path: Path
+) -> None:
+    from mini_o3.policies.local import LocalPolicy
+    from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
+
+    out = tmp_path / "out"
+    config = job(tiny_dir, out, dynamic_sampling=False, overturn_mask=False, max_turns=4, max_new_tokens=16, save_token_ids=True)
+    trainer = build_trainer(config, samples)
+    sampler = LocalPolicy((trainer.model, trainer.mini_tokenizer, trainer.image_processor), max_batch_size=8)
+    zooms = [
+        protocol.render_zoom(protocol.Zoom((0.0, 0.0, 0.6, 0.6))),
+        protocol.render_zoom(protocol.Zoom((0.2, 0.2, 0.8, 0.8), "observation_1")),
+    ]
+
+    class ZoomTwiceThenSample:
+        """Two scripted zooms (three images in context), then the trainer's own model samples every later turn."""
+
+        def generate(self, messages: list[dict], sampling: Any) -> Generation:
+            turn = sum(1 for message in messages if message["role"] == "assistant")
+            if turn < len(zooms):
+                return Generation(text=f"<think>Look {turn}.</think>" + zooms[turn])
+            return sampler.generate(messages, sampling)
+
+        def count_tokens(self, text: str) -> int:
+            return sampler.count_tokens(text)
+
+        def image_tokens(self, width: int, height: int) -> int:
+            return sampler.image_tokens(width, height)
+
+    trainer.rollout_policy = ZoomTwiceThenSample()
+    trainer.model.eval()
+    batch = trainer._generate_and_score_completions(rows(trainer, [0, 2]))
+    sampler.close()
+    trainer.close()
+    with torch.no_grad():
+        trained = trainer._logprobs(trainer.model, batch)
+    records = [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
+    compared, worst = 0, 0.0
+    for row, record in enumerate(records):
+        assert len(record["views"]) == 3  # the original and two crops before the first sampled turn
+        sampled = [(t, lp) for turn in record["turns"] if turn["logprobs"] for t, lp in zip(turn["token_ids"], turn["logprobs"])]
+        assert sampled and record["status"] != "error"
+        # The sampled turns come last, so they are the last loss-carrying positions.
+        positions = (batch["loss_mask"][row] > 0).nonzero().flatten()[-len(sampled) :]
+        assert batch["completion_ids"][row][positions].tolist() == [token for token, _ in sampled]
+        recorded = torch.tensor([logprob for _, logprob in sampled])
+        worst = max(worst, float((trained[row][positions] - recorded).abs().max()))
+        compared += len(sampled)
+    # float32 on CPU, batched sampling with a KV cache against one padded forward: 1e-4 is ample.
+    assert compared >= 8 and worst < 1e-4, worst
+
+
+# ---------------------------------------------------------------- failures, void turns, placeholders
+
+
+def flaky_policy(seed: int, failure_share: float = 1 / 12) -> ScriptedPolicy:
+    """`mixed_policy`, except that a turn fails (PolicyError) now and then."""
+    base = mixed_policy(seed)
+    rng = random.Random(seed + 100)
+    lock = threading.Lock()
+
+    def turn(messages: list[dict]) -> str:
+        with lock:
+            draw = rng.random()
+        if draw < failure_share:
+            raise PolicyError("the server went away")
+        return base.script(messages)
+
+    return ScriptedPolicy(turn)
+
+
+@slow
+def test_a_failed_rollout_removes_its_group_unless_told_otherwise(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+    from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
+
+    for drop in (True, False):
+        out = tmp_path / f"drop-{drop}"
+        config = job(tiny_dir, out, concurrency=1, drop_failed_groups=drop, max_sampling_rounds=12)
+        trainer = build_trainer(config, samples, flaky_policy(seed=8, failure_share=0.15))
+        batch = trainer._generate_and_score_completions(rows(trainer, [0, 1]))
+        trainer.close()
+        records = [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
+        in_batch = [record for record in records if record["meta"]["in_batch"]]
+        groups = [in_batch[start : start + 4] for start in range(0, len(in_batch), 4)]
+        trained = [group for group in groups if any(record["meta"]["trained"] for record in group)]
+        with_error = [group for group in trained if any(record["status"] == "error" for record in group)]
+        assert any(record["status"] == "error" for record in records)
+        if drop:
+            assert not with_error  # its group left the step; others refilled it
+            assert len(trained) == 2 and trainer._metrics["train"]["groups/failed"][-1] > 0
+        else:
+            assert with_error
+            for group in with_error:
+                for record in group:
+                    assert record["meta"]["trained"] == (record["status"] not in ("error", "over_turn"))
+            # The failed rollout scores 0 in its group's statistics.
+            rewards = torch.tensor([[record["meta"]["reward"] for record in with_error[0]]])
+            row = in_batch.index(with_error[0][0])
+            expected = (rewards - rewards.mean()) / (rewards.std() + 1e-6)
+            assert torch.allclose(batch["advantages"][row : row + 4].cpu(), expected.reshape(-1), atol=1e-5)
+
+
+class _NoScoreJudge(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        length = int(self.headers.get("Content-Length", 0))
+        self.rfile.read(length)
+        body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "I cannot tell."}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_failed_judge_call_gives_no_reward_and_fails_its_group() -> None:
+    from mini_o3.train.rollouts import Rewarder, RolloutGroup
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoScoreJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        rewarder = Rewarder(f"http://127.0.0.1:{server.server_port}/v1", "judge")
+
+        def answered(answer: str) -> Trajectory:
+            return Trajectory(sample_id="s", question="q", image="i.png", image_size=(8, 8), ground_truth="red", answer=answer, status=Status.ANSWERED)
+
+        assert rewarder(answered("red")) == 1.0  # the rules decide; no judge call
+        assert rewarder(answered("crimson")) is None and rewarder.judge_failures == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    group = RolloutGroup(0, [], [1.0, None])
+    assert group.failed and group.scores == [1.0, 0.0]
+    assert not RolloutGroup(0, [], [1.0, 0.0]).failed
+
+
+@slow
+def test_a_last_turn_cut_inside_grounding_is_void_trained_with_reward_zero(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+    from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
+
+    cut = Generation(text='<think>Closer.</think><grounding>{"bbox_2d": [0.1, 0.1,', finish_reason="length")
+    closed = "<think>Closer.</think>" + protocol.render_zoom(protocol.Zoom((0.1, 0.1, 0.7, 0.7)))
+    for void_on in (True, False):
+        rng = random.Random(5)
+        lock = threading.Lock()
+
+        def turn(messages: list[dict]) -> Any:
+            if sum(1 for message in messages if message["role"] == "assistant") < 2:
+                return closed
+            with lock:
+                draw = rng.random()
+            return cut if draw < 0.4 else closed if draw < 0.7 else "<think>It is red.</think><answer>red</answer>"
+
+        out = tmp_path / f"void-{void_on}"
+        config = job(tiny_dir, out, concurrency=1, dynamic_sampling=False, void_unclosed_grounding=void_on)
+        trainer = build_trainer(config, samples, ScriptedPolicy(turn))
+        batch = trainer._generate_and_score_completions(rows(trainer, [0, 1]))
+        trainer.close()
+        records = [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
+        kinds = set()
+        for row, record in enumerate(records):
+            void = record["turns"][-1]["text"] == cut.text
+            kinds.add((record["status"], void))
+            assert record["meta"]["void"] == void
+            if void:
+                assert record["status"] == "over_turn" and record["meta"]["reward"] == 0.0
+            carries_loss = bool(batch["loss_mask"][row].sum() > 0)
+            assert carries_loss == (record["status"] == "answered" or (void and void_on)), record["turns"][-1]["text"]
+        assert {("over_turn", True), ("over_turn", False), ("answered", False)} <= kinds
+
+
+@slow
+def test_a_sampled_image_placeholder_fails_its_episode_not_the_step(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+    from mini_o3.train.rl import LOG_FILE, ROLLOUTS_FILE, run_rl
+
+    _, tokenizer, _ = load_checkpoint(tiny_dir)
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    thought = "<think>There.</think>"
+    as_ids = Generation(text=thought, token_ids=tokenizer.encode(thought) + [pad])  # an engine that reports ids
+    as_text = f"{thought}<|image_pad|>"  # an engine that reports text only
+    base = mixed_policy(seed=6)
+    rng = random.Random(6)
+    lock = threading.Lock()
+
+    def turn(messages: list[dict]) -> Any:
+        with lock:
+            draw = rng.random()
+        return as_ids if draw < 0.1 else as_text if draw < 0.2 else base.script(messages)
+
+    out = tmp_path / "out"
+    run_rl(job(tiny_dir, out, concurrency=1, max_sampling_rounds=12), samples=samples, rollout_policy=ScriptedPolicy(turn))
+    records = [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
+    failed = [record for record in records if record["status"] == "error"]
+    assert failed and all("vision placeholder" in record["error"] for record in failed)
+    assert not any(record["meta"]["trained"] for record in failed)
+    # Failed turns are not in the trajectory: no recorded turn holds a placeholder.
+    assert not any("<|image_pad|>" in turn["text"] for record in records for turn in record["turns"])
+    assert any("reward" in json.loads(line) for line in (out / LOG_FILE).read_text().splitlines())

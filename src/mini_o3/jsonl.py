@@ -10,12 +10,21 @@ Files written in one piece (configs, metrics, a report page, rewritten results) 
 temporary file beside their path and are renamed over it (`write_atomic`, `write_json`,
 `open_atomic`), so a reader sees the old file or the new one, never half of one. Both
 protect against the process dying, not the machine losing power (nothing is fsynced).
+
+Text that enters from outside (data files, server replies, the command line) is made writable
+once, where it enters, with `safe_text` (lone UTF-16 surrogates, which JSON allows and UTF-8
+cannot encode, become U+FFFD); `json_safe` does the same for a whole value and also drops
+non-finite floats, for the last-resort paths that must save whatever they hold.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
+import math
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,6 +33,46 @@ from pathlib import Path
 from typing import IO, Any
 
 _CHUNK = 1 << 16
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
+"""The names `open_atomic` gives its temporaries: '.NAME.<32 hex digits>.tmp'."""
+
+
+def safe_text(text: str) -> str:
+    """`text` with every lone UTF-16 surrogate replaced by U+FFFD, so it can be written as UTF-8."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A high and low surrogate side by side are one character written in two halves: join them.
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as plain JSON data that always encodes: safe text, finite numbers (others None), lists for tuples, str() for the rest."""
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
+    if isinstance(value, str):
+        return safe_text(value)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 1024 else None  # json.dumps refuses ints over 4,300 digits
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {safe_text(str(key)): json_safe(item) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {item.name: json_safe(getattr(value, item.name)) for item in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return safe_text(str(value))
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One JSONL line of `record` in UTF-8, strictly: a lone surrogate or a non-finite float raises ValueError."""
+    return (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 class JsonlError(ValueError):
@@ -131,7 +180,10 @@ class JsonlAppender:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as a line and flush it."""
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        self.append_line((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def append_line(self, line: bytes) -> None:
+        """Write one encoded line (ending in a newline) and flush it."""
         with self._lock:
             if self._handle is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +222,20 @@ def open_atomic(path: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
             temporary.unlink()
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries `open_atomic` left in `folder` when a process was killed mid-write; returns them.
+
+    Only for folders one job owns: a temporary of a write still running elsewhere would go too.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [path for path in folder.iterdir() if _TEMPORARY.fullmatch(path.name) and path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Replace `path` with `data` (text is written as UTF-8) so that no reader ever sees half of it."""
     with open_atomic(path, binary=isinstance(data, bytes)) as handle:
@@ -184,10 +250,14 @@ def write_json(path: str | Path, value: Any, indent: int | None = 2) -> None:
 __all__ = [
     "JsonlAppender",
     "JsonlError",
+    "encode_line",
     "iter_numbered",
+    "json_safe",
     "iter_records",
     "open_atomic",
+    "remove_stale_temporaries",
     "repair_tail",
+    "safe_text",
     "write_atomic",
     "write_json",
 ]

@@ -21,12 +21,14 @@ from mini_o3.agent.images import (
     DEFAULT_IMAGE_PIXEL_LIMIT,
     BoxError,
     ResizePolicy,
+    crop,
     data_url,
     open_image,
     resize_for_model,
     zoom_box_in_original,
 )
-from mini_o3.agent.policy import Generation
+from mini_o3.agent.policy import Generation, PolicyError
+from mini_o3.jsonl import safe_text
 from mini_o3.agent.trajectory import Status, Trajectory, TurnRecord, ViewRecord
 
 TokenCounter = Callable[[str], int]
@@ -67,7 +69,7 @@ def image_tokens(width: int, height: int, patch: int = PATCH_SIZE) -> int:
 
 def approximate_tokens(text: str) -> int:
     """A tokenizer-free estimate (about 3.5 bytes a token for English BPE), for servers that report no usage."""
-    return len(text.encode("utf-8")) * 2 // 7 + 1
+    return len(text.encode("utf-8", "surrogatepass")) * 2 // 7 + 1  # a lone surrogate counts, not raises
 
 
 def message_tokens(messages: list[dict[str, Any]], count_tokens: TokenCounter, image_cost: Callable[[Any], int]) -> int:
@@ -132,20 +134,23 @@ class ZoomEnv:
         width, height = self.original.size
         first = resize_for_model(self.original, resize, first=True)
         self.views = [View(ViewRecord(index=0, box=(0, 0, width, height), size=first.size), first)]
+        # Text enters the episode here: loaders clean what they read, and a Sample built in code
+        # is cleaned the same way (ids stay as given: results are keyed by them).
+        question = safe_text(sample.question)
         self.trajectory = Trajectory(
             sample_id=sample.id,
-            question=sample.question,
+            question=question,
             image=str(sample.image) if not isinstance(sample.image, Image.Image) else sample.image_name(),
             image_size=(width, height),
-            ground_truth=sample.answer,
-            options=dict(sample.options),
-            source=sample.source,
-            split=sample.split,
-            category=sample.category,
+            ground_truth=safe_text(sample.answer),
+            options={safe_text(str(key)): safe_text(str(text)) for key, text in sample.options.items()},
+            source=safe_text(sample.source),
+            split=safe_text(sample.split),
+            category=safe_text(sample.category),
             views=[self.views[0].record],
             limits=asdict(limits),
         )
-        self._messages = [protocol.system_message(), protocol.first_user_message(self.views[0], sample.question)]
+        self._messages = [protocol.system_message(), protocol.first_user_message(self.views[0], question)]
         self.context_tokens = self._prompt_tokens(self._messages)
         self.done = False
 
@@ -164,24 +169,28 @@ class ZoomEnv:
         """Apply one assistant turn; return True when the episode is over."""
         if self.done:
             raise RuntimeError("step() on a finished episode")
-        text = generation.text
+        if not isinstance(generation.text, str):
+            raise PolicyError(f"the policy returned text of type {type(generation.text).__name__}, not a string")
+        # The model's text enters here, from any policy: what cannot be written as UTF-8 becomes U+FFFD.
+        text = safe_text(generation.text)
+        prompt_tokens, completion_tokens = _count(generation.prompt_tokens), _count(generation.completion_tokens)
         action = protocol.parse_action(text)
         turn = TurnRecord(
             text=text,
             kind=_kind(action),
-            finish_reason=generation.finish_reason,
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=generation.completion_tokens,
+            finish_reason=safe_text(str(generation.finish_reason)) if generation.finish_reason else "stop",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_s=generation.latency_s,
             token_ids=generation.token_ids,
             logprobs=generation.logprobs,
         )
         self.trajectory.turns.append(turn)
         self._messages.append(protocol.assistant_message(text))
-        if generation.prompt_tokens is not None and generation.completion_tokens is not None:
-            self.context_tokens = generation.prompt_tokens + generation.completion_tokens
+        if prompt_tokens is not None and completion_tokens is not None:
+            self.context_tokens = prompt_tokens + completion_tokens
         else:
-            self.context_tokens += 5 + (generation.completion_tokens or self.count_tokens(text))
+            self.context_tokens += 5 + (completion_tokens or self.count_tokens(text))
         self.trajectory.context_tokens = self.context_tokens
 
         if isinstance(action, protocol.Answer):
@@ -211,7 +220,7 @@ class ZoomEnv:
             box = zoom_box_in_original(action.bbox, source.record.box, self.resize.max_aspect)
         except BoxError as error:
             return self._feedback_error(turn, f"invalid bbox_2d {list(action.bbox)} on {action.source}: {error}")
-        shown = resize_for_model(self.original.crop(box), self.resize)
+        shown = resize_for_model(crop(self.original, box), self.resize)
         record = ViewRecord(index=len(self.views), box=box, size=shown.size, source=index, relative_box=action.bbox)
         view = View(record, shown)
         action_number, observation_number = protocol.observation_label(
@@ -247,10 +256,20 @@ class ZoomEnv:
         self.done = True
         return True
 
-    def fail(self, message: str) -> None:
-        """End the episode as an error (the policy failed); finished turns are kept."""
-        self.trajectory.error = message
+    def fail(self, message: str, kind: str = "policy") -> None:
+        """End the episode as an error (the policy failed; see ERROR_KINDS); finished turns are kept."""
+        self.trajectory.error = safe_text(message)
+        self.trajectory.error_kind = kind
         self._finish(Status.ERROR)
+
+
+_MAX_TOKENS = 10**12
+"""Token counts at or over this are no counts (no context is this long)."""
+
+
+def _count(value: Any) -> int | None:
+    """A token count a server reported, or None when it is no count (a string, a float, a bool, negative, absurd)."""
+    return value if type(value) is int and 0 <= value < _MAX_TOKENS else None
 
 
 def _kind(action: protocol.Action) -> str:
@@ -267,5 +286,5 @@ def replay_views(trajectory: Trajectory, original: Image.Image, resize: ResizePo
     """The images a trajectory showed, recomputed from the original and the recorded boxes."""
     images = [resize_for_model(original, resize, first=True)]
     for view in trajectory.views[1:]:
-        images.append(resize_for_model(original.crop(view.box), resize))
+        images.append(resize_for_model(crop(original, view.box), resize))
     return images

@@ -13,10 +13,12 @@ from __future__ import annotations
 import base64
 import io
 import math
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,7 +27,11 @@ PixelBox = tuple[int, int, int, int]
 RelativeBox = tuple[float, float, float, float]
 
 DEFAULT_IMAGE_PIXEL_LIMIT = 300_000_000
-"""Refuse to decode images larger than this (a decompression-bomb guard); 8K photos are ~40M."""
+"""Refuse to decode images larger than this (a decompression-bomb guard); 8K photos are ~40M.
+
+This is the only pixel limit: it is checked on the header before any decode, and Pillow's own
+guard (Image.MAX_IMAGE_PIXELS, which refuses 179M pixels and could not be lifted by our flag)
+is set aside while we open or crop an image, then put back as the user had it."""
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -97,13 +103,21 @@ def target_size(width: int, height: int, policy: ResizePolicy = ResizePolicy()) 
 
 
 def relative_to_pixels(box: RelativeBox, width: int, height: int) -> PixelBox:
-    """A relative box on an image of `width` x `height` in pixels: truncated, then clamped."""
-    x0, y0, x1, y1 = box
+    """A relative box on an image of `width` x `height` in pixels: truncated, then clamped.
+
+    A coordinate whose product with the side is no finite number (1e308 on any image, NaN)
+    raises BoxError: the reference's int() fails there too, and its tool reports an error turn.
+    """
+    scaled = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+    for value, name in zip(scaled, ("x0", "y0", "x1", "y1")):
+        if not math.isfinite(value):
+            raise BoxError(f"{name} is too large (or not a number); give coordinates between 0 and 1")
+    x0, y0, x1, y1 = scaled
     return (
-        _clamp(int(x0 * width), 0, width - 1),
-        _clamp(int(y0 * height), 0, height - 1),
-        _clamp(int(x1 * width), 0, width - 1),
-        _clamp(int(y1 * height), 0, height - 1),
+        _clamp(int(x0), 0, width - 1),
+        _clamp(int(y0), 0, height - 1),
+        _clamp(int(x1), 0, width - 1),
+        _clamp(int(y1), 0, height - 1),
     )
 
 
@@ -151,26 +165,89 @@ def resize_for_model(image: Image.Image, policy: ResizePolicy = ResizePolicy(), 
     return image.resize(size, method, reducing_gap=3.0 if method != Image.Resampling.NEAREST else None)
 
 
+_PILLOW_GUARD = threading.Lock()
+
+
+@contextmanager
+def _our_limit_only() -> Iterator[None]:
+    """Set Pillow's pixel guard aside for one open or crop; ours is checked on the header instead."""
+    # Pillow reads a module global, so the swap is serialised; opening only parses a header.
+    with _PILLOW_GUARD:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(source: str | Path | io.BytesIO, name: str, pixel_limit: int) -> Image.Image:
+    """Image.open with our pixel limit instead of Pillow's; ImageLoadError naming the fix otherwise."""
+    try:
+        with _our_limit_only():
+            handle = Image.open(source)
+    except (UnidentifiedImageError, SyntaxError, ValueError, OSError) as error:
+        raise ImageLoadError(f"{name} is not an image Pillow can read ({error}); replace it with a JPEG or PNG file") from None
+    width, height = handle.size
+    if width < 1 or height < 1 or width * height > pixel_limit:
+        handle.close()
+        raise ImageLoadError(
+            f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of {pixel_limit:,} pixels; "
+            "raise --image-pixel-limit if you trust this file"
+        )
+    return handle
+
+
+def _existing_file(path: Path) -> None:
+    if path.is_dir():
+        raise ImageLoadError(f"image {path} is a folder, not an image file; name a file inside it")
+    if not path.is_file():
+        raise ImageLoadError(f"image not found: {path} (check the path and the data folder)")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"image {path} is empty (0 bytes): the download or copy may be incomplete")
+
+
+def check_image_file(path: str | Path, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT) -> tuple[int, int]:
+    """The (width, height) an image file's header gives; ImageLoadError when it is missing, empty, no image or over the limit.
+
+    Reads the header only (no decode), so a file cut short after its header passes: loading it
+    fails later, at the episode (see docs/robustness.md).
+    """
+    path = Path(path)
+    _existing_file(path)
+    with _open(path, f"image {path}", pixel_limit) as handle:
+        return handle.size
+
+
 def load_image(path: str | Path, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT) -> Image.Image:
     """Open an image file as upright 8-bit RGB, refusing corrupt, missing or oversized files."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(f"image not found: {path} (check the path and the data folder)")
+    _existing_file(path)
+    return _decode(_open(path, f"image {path}", pixel_limit), f"image {path}")
+
+
+def decode_image_bytes(data: bytes, name: str = "the image", pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT) -> Image.Image:
+    """Encoded image bytes (JPEG, PNG, ...) as upright 8-bit RGB, with the same checks as `load_image`."""
+    if not data:
+        raise ImageLoadError(f"{name} is empty (0 bytes)")
+    return _decode(_open(io.BytesIO(data), name, pixel_limit), name)
+
+
+def _decode(handle: Image.Image, name: str) -> Image.Image:
     try:
-        with Image.open(path) as handle:
-            width, height = handle.size
-            if width * height > pixel_limit:
-                raise ImageLoadError(
-                    f"image {path} is {width}x{height} = {width * height:,} pixels, over the limit of "
-                    f"{pixel_limit:,}; raise the limit (--image-pixel-limit) if you trust this file"
-                )
-            handle.load()
-            image = to_rgb(ImageOps.exif_transpose(handle))
-    except ImageLoadError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"cannot decode image {path}: {error} (is the file complete and an image?)") from error
-    return image
+        with handle:
+            handle.load()  # no lock here: decodes of many episodes run side by side
+            return to_rgb(ImageOps.exif_transpose(handle))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(f"cannot decode {name}: {error} (is the file complete? replace it with a whole JPEG or PNG)") from error
+
+
+def crop(image: Image.Image, box: PixelBox) -> Image.Image:
+    """`image.crop(box)` without Pillow's pixel guard, which refuses crops over 179M pixels of an image we allowed."""
+    if Image.MAX_IMAGE_PIXELS is None or (box[2] - box[0]) * (box[3] - box[1]) <= Image.MAX_IMAGE_PIXELS:
+        return image.crop(box)
+    with _our_limit_only():
+        return image.crop(box)
 
 
 def open_image(source: Any, pixel_limit: int = DEFAULT_IMAGE_PIXEL_LIMIT) -> Image.Image:

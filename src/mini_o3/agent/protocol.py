@@ -8,6 +8,7 @@ in what we parse, and never `eval` of model output.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +24,13 @@ SYSTEM_PROMPT = (
     "either 'original_image' or 'observation_i'. Once the final answer is confirmed, put it "
     "within <answer> and </answer>."
 )
+
+DIRECT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the user's question based on the image provided. "
+    "Output your thinking process within the <think> and </think> tags. Once the final answer "
+    "is confirmed, put it within <answer> and </answer>."
+)
+"""SYSTEM_PROMPT without its zoom sentence: the no-zoom baseline's prompt (one turn, no tool offered)."""
 
 STOP_STRING = "</grounding>"
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -178,27 +186,48 @@ def source_index(source: str) -> int:
     name = source.strip()
     if name == ORIGINAL_SOURCE:
         return 0
-    match = re.fullmatch(r"observation_(\d+)", name)
+    # At most 9 digits: int() of thousands of digits is slow, and past 4,300 it raises.
+    match = re.fullmatch(r"observation_0*(\d{1,9})", name)
     if match and int(match.group(1)) >= 1:
         return int(match.group(1))
     raise SourceError(
-        f"'source' must be 'original_image' or 'observation_N' with N >= 1, got {source!r}"
+        f"'source' must be 'original_image' or 'observation_N' with N >= 1, got {_clip(repr(source))}"
     )
 
 
-_GROUNDING_OPEN = "<grounding>"
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_NUMBER_RE = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_BBOX_RE = re.compile(r"""["']?bbox(?:_2d)?["']?\s*:\s*\[([^\]]*)\]""")
+# Every rule below runs in time linear in the reply: tags are found with str.find, and each
+# pattern can fail at a position only after reading what no other position will read again
+# (`_NUMBER_RE` has one way to split digits; the old `\d+\.?\d*` had n, and a reply of digits
+# took seconds). tests/test_protocol.py checks this on adversarial replies of 200 KB.
+GROUNDING_OPEN = "<grounding>"
+"""The tag that opens an action (generation stops at STOP_STRING, which closes it)."""
+_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_LONGEST_NUMBER = 64
+"""Longer strings are no coordinate (a float has 17 significant digits)."""
+_BBOX_KEY_RE = re.compile(r"""["']?bbox(?:_2d)?["']?\s*:\s*\[""")
 _SOURCE_RE = re.compile(r"""["']?source["']?\s*:\s*["']([^"']*)["']""")
 
 
 def extract_answer(text: str) -> str | None:
-    """The text inside the first `<answer>...</answer>`, stripped; None when there is none."""
-    match = _ANSWER_RE.search(text)
-    if match is None:
-        return None
-    return match.group(1).strip()
+    """The text inside the last complete `<answer>...</answer>`, stripped; None when there is none.
+
+    The last, as the released multiple-choice reward reads it (findall, then the final match):
+    a model that changes its mind answers with its final block.
+    """
+    # The blocks the reference's findall(r"<answer>(.*?)</answer>") finds, walked with str.find so
+    # the time is linear: a block opens at the next <answer> and closes at the first </answer>
+    # after it; when an <answer> has no </answer> after it, no later one has either.
+    found, position = None, 0
+    while True:
+        start = text.find(_ANSWER_OPEN, position)
+        if start < 0:
+            break
+        end = text.find(_ANSWER_CLOSE, start + len(_ANSWER_OPEN))
+        if end < 0:
+            break
+        found, position = text[start + len(_ANSWER_OPEN) : end], end + len(_ANSWER_CLOSE)
+    return None if found is None else found.strip()
 
 
 def parse_action(text: str) -> Action:
@@ -210,11 +239,11 @@ def parse_action(text: str) -> Action:
     unclosed `<answer>` is no answer. Of several groundings the first counts; text after the
     first `</grounding>` is ignored.
     """
-    grounding_at = text.find(_GROUNDING_OPEN)
+    grounding_at = text.find(GROUNDING_OPEN)
     if grounding_at < 0:
         answer = extract_answer(text)
         return NoAction() if answer is None else Answer(answer)
-    body = text[grounding_at + len(_GROUNDING_OPEN) :]
+    body = text[grounding_at + len(GROUNDING_OPEN) :]
     close = body.find(STOP_STRING)
     if close >= 0:
         body = body[:close]
@@ -252,10 +281,16 @@ def _loads_tolerant(payload: str) -> dict[str, Any] | None:
 
 
 def _scan_fields(payload: str) -> dict[str, Any] | None:
-    bbox = _BBOX_RE.search(payload)
-    if bbox is None:
+    key = _BBOX_KEY_RE.search(payload)
+    if key is None:
         return None
-    fields: dict[str, Any] = {"bbox_2d": [item.strip().strip("'\"") for item in bbox.group(1).split(",")]}
+    # The first key's list ends at the next "]"; when it has none, no later key's list has one.
+    close = payload.find("]", key.end())
+    if close < 0:
+        return None
+    # Five pieces at most: a fifth means too many numbers, and splitting a huge list would cost time for nothing.
+    items = payload[key.end() : close].split(",", 4)
+    fields: dict[str, Any] = {"bbox_2d": [item.strip().strip("'\"") for item in items]}
     source = _SOURCE_RE.search(payload)
     if source is not None:
         fields["source"] = source.group(1)
@@ -272,7 +307,7 @@ def _zoom_from_fields(fields: dict[str, Any]) -> Action:
     for item in raw_box:
         number = _as_number(item)
         if number is None:
-            return Malformed(f'"bbox_2d" must hold 4 numbers between 0 and 1, got {_clip(json.dumps(raw_box, default=str))}')
+            return Malformed(f'"bbox_2d" must hold 4 numbers between 0 and 1, got {_clip(json.dumps(raw_box, default=str))}; write each as a plain finite number such as 0.25')
         box.append(number)
     source = fields.get("source", ORIGINAL_SOURCE)
     if not isinstance(source, str):
@@ -285,17 +320,19 @@ def _zoom_from_fields(fields: dict[str, Any]) -> Action:
 
 
 def _as_number(item: Any) -> float | None:
+    """A finite float, or None: NaN, infinities and numbers past float's range are no coordinates."""
     if isinstance(item, bool):
         return None
-    if isinstance(item, (int, float)):
-        value = float(item)
-    elif isinstance(item, str) and re.fullmatch(_NUMBER_RE, item.strip()):
-        value = float(item.strip())
-    else:
+    try:
+        if isinstance(item, (int, float)):
+            value = float(item)
+        elif isinstance(item, str) and len(item) <= _LONGEST_NUMBER and _NUMBER_RE.fullmatch(item.strip()):
+            value = float(item.strip())
+        else:
+            return None
+    except OverflowError:  # an integer of hundreds of digits
         return None
-    if value != value or value in (float("inf"), float("-inf")):
-        return None
-    return value
+    return value if math.isfinite(value) else None
 
 
 def _clip(text: str, limit: int = 120) -> str:

@@ -32,6 +32,15 @@ class Status(str, Enum):
         return self in (Status.OVER_TURN, Status.OVER_CONTEXT)
 
 
+ERROR_KINDS = {
+    "image": "the original image could not be read (fix or replace the file: running again cannot help)",
+    "policy": "the policy failed or raised (a dead server, a bug): running again may help",
+    "cancelled": "the job stopped while the episode ran",
+    "save": "the episode could not be saved as it ran and was saved as this error, its text made safe",
+}
+"""What `Trajectory.error_kind` can say."""
+
+
 @dataclass
 class ViewRecord:
     """An image shown to the model: the original (index 0) or the crop `observation_N`."""
@@ -89,6 +98,8 @@ class Trajectory:
     status: Status = Status.NO_ANSWER
     answer: str | None = None
     error: str | None = None
+    error_kind: str | None = None
+    """Why an `error` episode failed: one of ERROR_KINDS ("image" cannot be fixed by running it again)."""
     turns: list[TurnRecord] = field(default_factory=list)
     views: list[ViewRecord] = field(default_factory=list)
     context_tokens: int = 0

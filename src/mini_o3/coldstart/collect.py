@@ -50,7 +50,7 @@ from mini_o3.agent.loop import Episode, EpisodeConfig, run_episodes
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ResizePolicy
 from mini_o3.coldstart.exemplars import Exemplar, ExemplarPolicy, classify_patterns, format_problems, load_exemplars
-from mini_o3.jsonl import repair_tail, write_json
+from mini_o3.jsonl import remove_stale_temporaries, repair_tail, write_json
 from mini_o3.agent.policy import Policy
 from mini_o3.coldstart.oracle import OraclePolicy, PatternMix
 from mini_o3.policies.seeded import SeededPolicy
@@ -93,6 +93,10 @@ class CollectConfig:
     """local: a Qwen2.5-VL-class checkpoint directory."""
     api_key_env: str = "OPENAI_API_KEY"
     """api: the environment variable holding the API key."""
+    timeout_s: float | None = None
+    """api: seconds to wait for each reply before retrying; None for the HTTP client's default (120)."""
+    max_retries: int | None = None
+    """api: retries of a failed request before the episode ends as an error; None for the HTTP client's default (5)."""
     exemplars: str | None = None
     """Folder of exemplar JSON files; None for the built-in ones (mini_o3/assets/exemplars)."""
     exemplars_per_prompt: int = 2
@@ -339,7 +343,11 @@ def build_collect_policy(config: CollectConfig) -> Policy:
             raise ValueError("policy 'api' needs api (server URL, comma-separated for several) and model (the served model name)")
         from mini_o3.policies.http import HttpPolicy
 
-        return HttpPolicy([url.strip() for url in config.api.split(",") if url.strip()], model=config.model, api_key_env=config.api_key_env)
+        given = {"timeout_s": config.timeout_s, "max_retries": config.max_retries}
+        return HttpPolicy(
+            [url.strip() for url in config.api.split(",") if url.strip()], model=config.model, api_key_env=config.api_key_env,
+            **{name: value for name, value in given.items() if value is not None},
+        )
     if not config.model_path:
         raise ValueError("policy 'local' needs model_path (a Qwen2.5-VL-class checkpoint directory)")
     from mini_o3.policies.local import LocalPolicy
@@ -353,7 +361,7 @@ def load_samples(config: CollectConfig) -> list[Sample]:
         raise ValueError("no questions: set data (a dataset spec) or pass samples to collect()")
     from mini_o3.data.loading import load_dataset
 
-    return list(load_dataset(config.data, skip_bad=config.skip_bad, limit=config.limit).samples)
+    return list(load_dataset(config.data, skip_bad=config.skip_bad, limit=config.limit, pixel_limit=config.pixel_limit).samples)
 
 
 def round_dir(out: str | Path, number: int) -> Path:
@@ -375,6 +383,7 @@ def collect(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     check_resumable(out, config)
+    remove_stale_temporaries(out)  # a run killed mid-write leaves them; the SFT folder's go in write_sft_dataset
     write_json(out / CONFIG_FILE, config.to_dict(), indent=1)
     items = load_samples(config) if samples is None else list(samples)[: config.limit]
     _check_ids(items)
@@ -433,6 +442,7 @@ def collect(
             for trajectory in selection.accepted
         )
         sft = write_sft_dataset(examples, out / "sft", image_format=config.image_format)
+        _write_episode_settings(out / "sft", config)
         stats["sft"] = sft.to_dict()
     write_json(out / "exemplar_pool.json", pool_log, indent=1)
     write_json(out / "stats.json", stats, indent=1)
@@ -611,3 +621,17 @@ __all__ = [
     "round_dir",
     "select_trajectories",
 ]
+
+
+def _write_episode_settings(folder: Path, config: CollectConfig) -> None:
+    """Record beside the SFT data how its episodes were run, so the SFT model remembers it (mini_o3_episode.json)."""
+    from mini_o3.models.episode_settings import EpisodeSettings, write_episode_settings
+
+    write_episode_settings(
+        folder,
+        EpisodeSettings(
+            view_max_pixels=config.max_pixels, view_min_pixels=config.min_pixels, max_turns=config.max_turns,
+            max_new_tokens=config.max_new_tokens, numbering=config.numbering, max_context_tokens=config.max_context_tokens,
+            train_max_turns=config.max_turns, train_max_images=config.max_images, written_by="collect",
+        ),
+    )

@@ -54,7 +54,7 @@ from PIL import Image
 
 from mini_o3.agent.env import replay_views
 from mini_o3.agent.images import ResizePolicy, encode_image, open_image
-from mini_o3.jsonl import open_atomic
+from mini_o3.jsonl import open_atomic, remove_stale_temporaries
 from mini_o3.agent.store import safe_name
 from mini_o3.agent.trajectory import Trajectory
 
@@ -141,7 +141,8 @@ def write_sft_dataset(
     directory.mkdir(parents=True, exist_ok=True)
     parquet_dir = directory / PARQUET_DIR
     parquet_dir.mkdir(exist_ok=True)
-    for old in parquet_dir.glob("*.parquet"):
+    remove_stale_temporaries(directory)  # a killed run's half-written messages file
+    for old in [*parquet_dir.glob("*.parquet"), *parquet_dir.glob(".shard-*.parquet.tmp")]:
         old.unlink()
     extension = "png" if image_format.upper() == "PNG" else "jpg"
     files = SftFiles(directory, directory / MESSAGES_FILE)

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT, ImageLoadError, check_image_file
+from mini_o3.agent.sample import Sample
 from mini_o3.data import benchmarks
 from mini_o3.data.benchmarks import BadRecord, DatasetError, Record
-from mini_o3.agent.sample import Sample
+from mini_o3.jsonl import safe_text
 
 KINDS = ("visualprobe", "vstar", "hrbench", "mme-realworld", "mme-realworld-lite", "synthetic", "json", "jsonl")
 """The dataset kinds a spec may name."""
@@ -87,12 +89,23 @@ class DatasetSpec:
     """The image folder, for the kinds that take one."""
 
 
-def load_dataset(spec: str, skip_bad: bool = False, limit: int | None = None, cache_dir: Path | None = None) -> LoadResult:
-    """Load a dataset from a spec such as `vstar:DIR` or a bare path (see the module docstring)."""
+def load_dataset(
+    spec: str,
+    skip_bad: bool = False,
+    limit: int | None = None,
+    cache_dir: Path | None = None,
+    pixel_limit: int | None = DEFAULT_IMAGE_PIXEL_LIMIT,
+) -> LoadResult:
+    """Load a dataset from a spec such as `vstar:DIR` or a bare path (see the module docstring).
+
+    Each sample's image header is checked (`mini_o3.agent.images.check_image_file`: present, a
+    file, not empty, an image, at most `pixel_limit` pixels) without decoding it; a sample that
+    fails is a bad record. `pixel_limit=None` skips the check.
+    """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or at least 0, got {limit}")
     parsed = parse_spec(spec)
-    return collect(_records(parsed, cache_dir), skip_bad, limit, parsed)
+    return collect(_records(parsed, cache_dir), skip_bad, limit, parsed, pixel_limit)
 
 
 def parse_spec(spec: str) -> DatasetSpec:
@@ -147,12 +160,20 @@ def detect(path: Path) -> DatasetSpec:
     raise DatasetError(f"{path}: cannot tell the dataset kind from the extension {suffix!r}; write KIND:{path} with KIND one of {', '.join(KINDS)}")
 
 
-def collect(records: Iterable[Record], skip_bad: bool, limit: int | None, spec: DatasetSpec | None = None) -> LoadResult:
-    """Gather records into a LoadResult: raise on the first bad one, or skip and count them."""
+def collect(
+    records: Iterable[Record],
+    skip_bad: bool,
+    limit: int | None,
+    spec: DatasetSpec | None = None,
+    pixel_limit: int | None = None,
+) -> LoadResult:
+    """Gather records into a LoadResult: raise on the first bad one, or skip and count them; check image headers unless `pixel_limit` is None."""
     result = LoadResult([], kind=spec.kind if spec else "", path=spec.path if spec else None)
     if limit == 0:
         return result
-    for record in records:
+    for index, record in enumerate(records):
+        if pixel_limit is not None and not isinstance(record, BadRecord):
+            record = _checked_image(record, index, spec, pixel_limit)
         if isinstance(record, BadRecord):
             if not skip_bad:
                 raise DatasetError(f"{record.message()} {_SKIP_HINT}")
@@ -163,6 +184,18 @@ def collect(records: Iterable[Record], skip_bad: bool, limit: int | None, spec: 
         if limit is not None and len(result.samples) >= limit:
             break
     return result
+
+
+def _checked_image(sample: Sample, index: int, spec: DatasetSpec | None, pixel_limit: int) -> Record:
+    """`sample`, or a BadRecord when its image header says it cannot be used."""
+    if not isinstance(sample.image, (str, Path)):
+        return sample  # an in-memory image
+    try:
+        check_image_file(sample.image, pixel_limit)
+    except ImageLoadError as error:
+        file = spec.path if spec is not None else Path(sample.image)
+        return BadRecord(file, index, sample.id, safe_text(str(error)), "or remove this record")
+    return sample
 
 
 def _records(spec: DatasetSpec, cache_dir: Path | None) -> Iterator[Record]:
@@ -237,13 +270,23 @@ def _json_kind(path: Path, strict: bool = True) -> str:
     return ""
 
 
+_DETECT_LINES = 100
+"""Auto-detection reads the first JSON object among this many lines (bad lines before it are the reader's to report)."""
+
+
 def _first_jsonl_object(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8-sig") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DatasetError(f"{path}: the first line is not valid JSON ({error})") from None
-                return value if isinstance(value, dict) else {}
-    raise DatasetError(f"{path}: the file is empty")
+    first_problem = None
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number > _DETECT_LINES:
+                break
+            if not raw.strip(b"\xef\xbb\xbf \t\r\n"):
+                continue
+            value = benchmarks.parse_json_line(raw[3:] if number == 1 and raw.startswith(b"\xef\xbb\xbf") else raw)
+            if isinstance(value, dict):
+                return value
+            first_problem = first_problem or (number, getattr(value, "reason", f"a JSON {type(value).__name__}, not an object"))
+    if first_problem is None:
+        raise DatasetError(f"{path}: the file is empty")
+    number, reason = first_problem
+    raise DatasetError(f"{path}: no JSON object in the first {_DETECT_LINES} lines to tell the dataset kind from (line {number}: {reason}); fix the file or write KIND:{path}")

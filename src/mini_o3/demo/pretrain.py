@@ -27,7 +27,8 @@ token is right, which is exactly when greedy decoding writes the whole target.
 Outputs in OUT (itself a loadable checkpoint for `tiny.load_checkpoint` / `LocalPolicy`):
 the model, tokenizer and image-processor files (overwritten in place, file by file, with
 atomic renames), `trainer_state/state.pt` (step and optimizer), `pretrain_config.json`,
-`pretrain_log.jsonl` (train and eval records) and `PRETRAIN.md` (how it was made).
+`pretrain_log.jsonl` (train and eval records), `mini_o3_episode.json` (the views it was trained
+on, which search and eval then use) and `PRETRAIN.md` (how it was made).
 Rerun the same command to resume; `--steps` and the other run-length settings may change.
 """
 
@@ -111,6 +112,8 @@ class PretrainConfig:
     """Seeds the random model and the example stream."""
     model_size: str = "tiny"
     """`mini_o3.models.tiny` size built when OUT holds no checkpoint yet."""
+    family: str = "qwen2.5-vl"
+    """The model family built when OUT holds no checkpoint yet: qwen2.5-vl, qwen3-vl or qwen3.5."""
     grids: tuple[int, ...] = (2, 3, 4)
     """Grid sides drawn per scene (G x G cells)."""
     image_sizes: tuple[int, ...] = (448, 672, 896)
@@ -165,6 +168,13 @@ class PretrainConfig:
     def task_weights(self) -> dict[str, float]:
         """Weight of each task in the training mix."""
         return {task: float(getattr(self, f"weight_{task}")) for task in TASKS}
+
+    def episode_settings(self) -> Any:
+        """What the checkpoint remembers of how it sees (mini_o3_episode.json): views of at most view_px^2 pixels."""
+        from mini_o3.models.episode_settings import EpisodeSettings
+
+        resize = self.resize()
+        return EpisodeSettings(view_max_pixels=resize.max_pixels, view_min_pixels=resize.min_pixels, written_by="pretrain")
 
     def resize(self) -> ResizePolicy:
         """How views are shown: squares at view_px, as the demo's ResizePolicy does."""
@@ -305,12 +315,13 @@ class Encoded:
 def encode_example(example: Example, encoder: Any) -> Encoded:
     """Token ids (prompt + target), labels (-100 outside the target) and images of an example."""
     prompt = encoder.encode(example.messages, add_generation_prompt=True)
+    backbone = encoder.backbone  # the family's markup (Qwen3.5 opens the thought in the prompt)
     if example.partial:
         full_messages = example.messages
-        text = protocol.render_messages(full_messages, add_generation_prompt=True) + example.target
+        text = backbone.render_messages(full_messages, add_generation_prompt=True) + backbone.assistant_body(example.target)
     else:
         full_messages = example.messages + [protocol.assistant_message(example.target)]
-        text = protocol.render_messages(full_messages, add_generation_prompt=False)
+        text = backbone.render_messages(full_messages, add_generation_prompt=False)
     raw = encoder.encode_text(text)
     if not example.partial:
         raw = raw[:-1] if encoder.decode(raw[-1:], skip_special_tokens=False) == "\n" else raw
@@ -399,7 +410,8 @@ def _check_resumable(out: Path, config: PretrainConfig) -> None:
         if (out / "config.json").is_file():
             raise PretrainError(f"{out} holds a checkpoint this command did not make (no {CONFIG_FILE}); choose another --out")
         return
-    saved = json.loads(path.read_text())
+    # A setting added since the run was saved counts as its default there.
+    saved = {**json.loads(json.dumps(asdict(PretrainConfig(out=config.out)))), **json.loads(path.read_text())}
     now = json.loads(json.dumps(asdict(config)))
     differ = sorted(k for k in set(saved) | set(now) if k not in _RUN_LENGTH_FIELDS and saved.get(k) != now.get(k))
     if differ:
@@ -460,9 +472,12 @@ def run_pretrain(config: PretrainConfig) -> Path:
     _check_resumable(out, config)
     print("pretrain config:\n" + json.dumps(asdict(config), indent=1), flush=True)
     (out / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1) + "\n")
+    from mini_o3.models.episode_settings import write_episode_settings
+
+    write_episode_settings(out, config.episode_settings())
     shutil.rmtree(out / ".staging", ignore_errors=True)
     if not (out / "config.json").is_file():
-        build_tiny(out, seed=config.seed, size=config.model_size)
+        build_tiny(out, seed=config.seed, size=config.model_size, family=config.family)
     torch.manual_seed(config.seed)
     model, tokenizer, image_processor = load_checkpoint(out)
     model.train()
@@ -472,7 +487,9 @@ def run_pretrain(config: PretrainConfig) -> Path:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
-    encoder = PromptEncoder(tokenizer, image_processor, image_cache_bytes=0)
+    from mini_o3.models.backbone import backbone_of
+
+    encoder = PromptEncoder(tokenizer, image_processor, image_cache_bytes=0, backbone=backbone_of(model))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.convert_tokens_to_ids("<|endoftext|>")
     image_token_id = encoder.image_token_id
     eval_seed = config.seed + _EVAL_SEED_OFFSET

@@ -35,6 +35,7 @@ def result_record(trajectory: Trajectory, rule: Score, judge: Score | None = Non
         "run": int(trajectory.meta.get("run", 0)),
         "status": trajectory.status.value,
         "turns": trajectory.num_turns,
+        "zooms": trajectory.num_zooms,
         "split": trajectory.split,
         "category": trajectory.category,
         "answer": trajectory.answer,
@@ -138,10 +139,16 @@ def summarize_run(
     trajectories: dict[tuple[str, int], Trajectory],
     records: dict[tuple[str, int], dict[str, Any]],
     max_turns: int,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """mini_o3.eval.metrics.summarize over a run's episodes, written to metrics.json."""
+    """mini_o3.eval.metrics.summarize over a run's episodes, with the run's protocol card, written to metrics.json."""
     from mini_o3.eval import metrics
 
-    summary = metrics.summarize(episode_results(trajectories, records), max_turns)
+    # An image that cannot be decoded says nothing about the model: left out, and listed apart.
+    unreadable = {key: t for key, t in trajectories.items() if t.error_kind == "image"}
+    readable = {key: t for key, t in trajectories.items() if key not in unreadable}
+    summary = {"protocol": card or {}, **metrics.summarize(episode_results(readable, records), max_turns)}
+    ids = sorted({t.sample_id for t in unreadable.values()})
+    summary["unreadable_images"] = {"episodes": len(unreadable), "samples": len(ids), "ids": ids[:100]}
     write_json(Path(run_dir) / METRICS_FILE, summary)
     return summary

@@ -1,19 +1,19 @@
-"""An offline tiny Qwen2.5-VL (model, tokenizer, image processor) and a loader for any Qwen2.5-VL checkpoint.
+"""Offline tiny models of each supported family (model, tokenizer, image processor) and a loader for any checkpoint.
 
-`build_tiny(dir)` writes a random-weight Qwen2.5-VL built from a config, a byte-level BPE
-tokenizer trained here on a built-in corpus (every protocol string plus the Qwen special
-tokens, so prompts tokenise compactly), the Qwen2.5-VL chat template and a PIL image
-processor (no torchvision). Everything reloads offline with `load_checkpoint(dir)`, which also
-loads a real Qwen2.5-VL-class checkpoint directory (e.g. Qwen2.5-VL-7B-Instruct).
+`build_tiny(dir, family=...)` writes a random-weight model of one family (Qwen2.5-VL by default,
+Qwen3-VL, Qwen3.5; see `models.backbone`) built from a config, a byte-level BPE tokenizer
+trained here on a built-in corpus (every protocol string plus the family's special tokens, so
+prompts tokenise compactly), the family's chat template and a PIL image processor (no
+torchvision). Everything reloads offline with `load_checkpoint(dir)`, which also loads a real
+checkpoint directory of a supported family (e.g. Qwen2.5-VL-7B-Instruct, Qwen3-VL-8B-Instruct).
 
 Image sizes: the environment's `ResizePolicy` decides the size of every image the model is
 shown (at most 2M pixels by default); the image processor then rounds each side to a multiple
-of 28 (`smart_resize`) and shrinks anything above its own `max_pixels`. A real checkpoint
-keeps its processor limits (Qwen2.5-VL-7B: 3,136 to 12,845,056, so the environment's sizes
-pass through, rounded). The tiny checkpoint caps images at `TINY_MAX_PIXELS` = 448x448
-(256 image tokens at most; a 224x224 image costs 64) so that CPU runs stay fast; pair it with
-a small `ResizePolicy` (e.g. max_pixels 224*224) to keep episodes cheap. Every image costs
-(h/28)*(w/28) `<|image_pad|>` tokens after rounding, plus the two vision markers.
+of the family's token side (28 px on Qwen2.5-VL, 32 px on Qwen3-VL and Qwen3.5: `smart_resize`)
+and shrinks anything above its own `max_pixels`. A real checkpoint keeps its processor limits.
+The tiny checkpoints cap images at `TINY_MAX_PIXELS` = 448x448 (256 image tokens at most on
+Qwen2.5-VL, 196 on the 32 px families) so that CPU runs stay fast; pair one with a small
+`ResizePolicy` (e.g. max_pixels 224*224) to keep episodes cheap.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import Qwen2_5_VLProcessor
-
 from mini_o3.agent import protocol
-from mini_o3.agent.policy import PolicyError
+from mini_o3.models.backbone import Backbone, CheckpointError, backbone_named, read_backbone, round_vocab  # noqa: F401 - CheckpointError is re-exported
+from mini_o3.models.processors import ImageOnlyQwen2_5_VLProcessor  # noqa: F401 - re-exported
+from mini_o3.models.qwen2_5_vl import CHAT_TEMPLATE  # noqa: F401 - re-exported
+from mini_o3.models.interop import SAMPLING_DEFAULTS, mark_for_saving
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -60,32 +61,19 @@ QWEN_ADDED_TOKENS = (
 )
 """Qwen2.5-VL's added tokens that are not special (kept in decoded text)."""
 
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-"""The Qwen2.5-VL chat template; renders protocol messages byte-identically to `protocol.render_messages`."""
-
 TINY_MIN_PIXELS = 28 * 28 * 4
-"""The tiny processor's smallest image (56x56, 4 image tokens), Qwen's own default."""
+"""The tiny Qwen2.5-VL processor's smallest image (56x56, 4 image tokens), Qwen's own default."""
+DEFAULT_FAMILY = "qwen2.5-vl"
+"""The family `build_tiny` makes unless told otherwise (the paper's)."""
 TINY_MAX_PIXELS = 448 * 448
 """The tiny processor's largest image: 256 image tokens, to keep CPU runs fast."""
 
 INFO_FILE = "mini_o3_tiny.json"
+
+
+def tiny_min_pixels(family: str = DEFAULT_FAMILY) -> int:
+    """The tiny processor's smallest image: 2x2 image tokens of the family (56x56 or 64x64)."""
+    return backbone_named(family).pixels_per_token_side ** 2 * 4
 
 
 @dataclass(frozen=True)
@@ -141,10 +129,6 @@ SIZES: dict[str, TinySpec] = {
     ),
 }
 """Presets: "tiny" (1.24M parameters), "small" (7.66M)."""
-
-
-class CheckpointError(PolicyError):
-    """A checkpoint directory that cannot be loaded."""
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -241,11 +225,20 @@ def tokenizer_corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab_size: int = 2048) -> Any:
-    """A Qwen2-style byte-level BPE trained on `tokenizer_corpus()`, with Qwen's special tokens and chat template."""
+def build_tokenizer(vocab_size: int = 2048, family: str = DEFAULT_FAMILY) -> Any:
+    """A Qwen-style byte-level BPE trained on `tokenizer_corpus()`, with the family's special tokens and chat template."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
     from tokenizers.models import BPE
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+
+    backbone = backbone_named(family)
+    tokenizer_class: Any = Qwen2Tokenizer
+    pattern = PRETOKENIZE_REGEX
+    if backbone.tokenizer_class == "Qwen3_5Tokenizer":
+        from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX as QWEN3_5_REGEX
+        from transformers.models.qwen3_5.tokenization_qwen3_5 import Qwen3_5Tokenizer
+
+        tokenizer_class, pattern = Qwen3_5Tokenizer, QWEN3_5_REGEX
 
     backend = Tokenizer(
         BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False)
@@ -253,7 +246,7 @@ def build_tokenizer(vocab_size: int = 2048) -> Any:
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -266,8 +259,9 @@ def build_tokenizer(vocab_size: int = 2048) -> Any:
     )
     backend.train_from_iterator(tokenizer_corpus(), trainer)
     backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in QWEN_SPECIAL_TOKENS])
-    backend.add_tokens([AddedToken(token, special=False, normalized=False) for token in QWEN_ADDED_TOKENS])
-    tokenizer = Qwen2Tokenizer(
+    added = QWEN_ADDED_TOKENS + backbone.extra_tokens
+    backend.add_tokens([AddedToken(token, special=False, normalized=False) for token in added])
+    tokenizer = tokenizer_class(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -275,83 +269,45 @@ def build_tokenizer(vocab_size: int = 2048) -> Any:
         model_max_length=32768,
         padding_side="left",
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = backbone.chat_template
     return tokenizer
 
 
 # ---------------------------------------------------------------- image processor and model
 
 
-def build_image_processor(min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS) -> Any:
-    """A Qwen2-VL image processor on the PIL backend (no torchvision): 14 px patches, 2x2 merge."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+def build_image_processor(min_pixels: int | None = None, max_pixels: int = TINY_MAX_PIXELS, family: str = DEFAULT_FAMILY) -> Any:
+    """The family's image processor on the PIL backend (no torchvision): 14 or 16 px patches, 2x2 merge."""
+    low = tiny_min_pixels(family) if min_pixels is None else min_pixels
+    if low > max_pixels:
+        raise ValueError(f"min_pixels ({low}) must not exceed max_pixels ({max_pixels})")
+    return backbone_named(family).image_processor(low, max_pixels)
 
-    if min_pixels > max_pixels:
-        raise ValueError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
-    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, temporal_patch_size=2, merge_size=2)
 
-
-def build_config(spec: TinySpec, tokenizer: Any) -> Any:
-    """A Qwen2_5_VLConfig of `spec`'s shape whose special-token ids are `tokenizer`'s."""
-    from transformers import Qwen2_5_VLConfig
-
-    def token_id(token: str) -> int:
-        return tokenizer.convert_tokens_to_ids(token)
-
-    vocab = -(-len(tokenizer) // 64) * 64
-    endoftext, im_end = token_id("<|endoftext|>"), token_id("<|im_end|>")
-    return Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": vocab,
-            "hidden_size": spec.text_hidden,
-            "intermediate_size": spec.text_intermediate,
-            "num_hidden_layers": spec.text_layers,
-            "num_attention_heads": spec.text_heads,
-            "num_key_value_heads": spec.text_kv_heads,
-            "max_position_embeddings": 32768,
-            "max_window_layers": spec.text_layers,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": spec.mrope_section()},
-            "bos_token_id": endoftext,
-            "eos_token_id": im_end,
-            "pad_token_id": endoftext,
-        },
-        vision_config={
-            "depth": spec.vision_depth,
-            "hidden_size": spec.vision_hidden,
-            "intermediate_size": spec.vision_intermediate,
-            "num_heads": spec.vision_heads,
-            "out_hidden_size": spec.text_hidden,
-            "fullatt_block_indexes": list(range(spec.vision_depth - 1, spec.vision_depth)),
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-        },
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
-        tie_word_embeddings=True,
-    )
+def build_config(spec: TinySpec, tokenizer: Any, family: str = DEFAULT_FAMILY) -> Any:
+    """A config of `family` in `spec`'s shape whose special-token ids are `tokenizer`'s."""
+    backbone = backbone_named(family)
+    return backbone.build_tiny_config(spec, tokenizer.convert_tokens_to_ids, round_vocab(len(tokenizer)))
 
 
 def generation_config(tokenizer: Any) -> Any:
-    """Qwen2.5-VL's generation defaults in `tokenizer`'s ids: a turn ends at <|im_end|> or <|endoftext|>."""
+    """The Qwen families' end tokens in `tokenizer`'s ids (a turn ends at <|im_end|> or <|endoftext|>), sampling as mini-o3 does."""
     from transformers import GenerationConfig
 
     endoftext, im_end = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext)
+    return GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext, **SAMPLING_DEFAULTS)
 
 
-def build_model(spec: TinySpec, tokenizer: Any, seed: int = 0) -> Any:
-    """A random-weight Qwen2_5_VLForConditionalGeneration, the same for the same seed."""
+def build_model(spec: TinySpec, tokenizer: Any, seed: int = 0, family: str = DEFAULT_FAMILY) -> Any:
+    """A random-weight model of `family` (e.g. Qwen2_5_VLForConditionalGeneration), the same for the same seed."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import transformers
 
-    config = build_config(spec, tokenizer)
+    config = build_config(spec, tokenizer, family)
+    model_class = getattr(transformers, backbone_named(family).model_class)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = model_class(config)
     model.generation_config = generation_config(tokenizer)
     return model.eval()
 
@@ -365,22 +321,27 @@ def build_tiny(
     out_dir: str | Path,
     seed: int = 0,
     size: str = "tiny",
-    min_pixels: int = TINY_MIN_PIXELS,
+    min_pixels: int | None = None,
     max_pixels: int = TINY_MAX_PIXELS,
+    family: str = DEFAULT_FAMILY,
 ) -> Path:
-    """Write a random tiny Qwen2.5-VL checkpoint (model, tokenizer, image processor) to `out_dir` and return it."""
+    """Write a random tiny checkpoint of `family` (model, tokenizer, image processor) to `out_dir` and return it."""
     if size not in SIZES:
         raise ValueError(f"unknown tiny model size {size!r}; choose one of {sorted(SIZES)}")
     spec = SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(spec.bpe_vocab)
-    image_processor = build_image_processor(min_pixels, max_pixels)
-    model = build_model(spec, tokenizer, seed)
+    family = backbone_named(family).name
+    tokenizer = build_tokenizer(spec.bpe_vocab, family)
+    image_processor = build_image_processor(min_pixels, max_pixels, family)
+    model = build_model(spec, tokenizer, seed, family)
+    mark_for_saving(model, tokenizer, backbone_named(family).processor_class)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
     info = {"size": size, "seed": seed, "spec": asdict(spec), "parameters": count_parameters(model), "tokenizer_size": len(tokenizer)}
+    if family != DEFAULT_FAMILY:  # the Qwen2.5-VL file stays byte-identical to before families existed
+        info["family"] = family
     (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out
 
@@ -395,15 +356,16 @@ def load_checkpoint(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
 ) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, image_processor) from a tiny or real Qwen2.5-VL-class checkpoint directory, offline.
+    """(model, tokenizer, image_processor) from a tiny or real checkpoint directory of a supported family, offline.
 
-    `dtype` defaults to float32 on CPU and bfloat16 elsewhere; `min_pixels` / `max_pixels`
-    override the processor's own limits. The processor is always the PIL one (no torchvision).
+    The family comes from config.json (`models.backbone.read_backbone`). `dtype` defaults to
+    float32 on CPU and bfloat16 elsewhere; `min_pixels` / `max_pixels` override the processor's
+    own limits. The processor is always the PIL one (no torchvision).
     """
     import torch
 
     directory = Path(path)
-    _check_directory(directory)
+    backbone = _check_directory(directory)
     if dtype is None:
         dtype = torch.float32 if str(device).startswith("cpu") else torch.bfloat16
     elif isinstance(dtype, str) and dtype != "auto":
@@ -415,69 +377,59 @@ def load_checkpoint(
         model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype, local_files_only=True)
     except Exception as error:  # noqa: BLE001 - safetensors, json and transformers each raise their own types
         raise CheckpointError(
-            f"cannot load the checkpoint in {directory}: {error} (a Qwen2.5-VL-class directory needs config.json, "
-            "the weights (*.safetensors) and the tokenizer files)"
+            f"cannot load the {backbone.name} checkpoint in {directory}: {error} (a checkpoint directory needs "
+            "config.json, the weights (*.safetensors) and the tokenizer files)"
         ) from error
     model = model.to(device).eval()
-    image_processor = _load_image_processor(directory, min_pixels, max_pixels)
+    mark_for_saving(model, tokenizer, backbone.processor_class)  # whatever saves them next (SFT, RL, pre-training) writes files other tools read right
+    image_processor = _load_image_processor(directory, backbone, min_pixels, max_pixels)
     return model, tokenizer, image_processor
 
 
-def _check_directory(directory: Path) -> None:
+def _check_directory(directory: Path) -> Backbone:
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist (build one with `python -m mini_o3.models.tiny {directory}`)")
     missing = [name for name in ("config.json", "preprocessor_config.json") if not (directory / name).is_file()]
     if missing:
         raise CheckpointError(
-            f"checkpoint directory {directory} has no {' or '.join(missing)}; point at a Qwen2.5-VL-class model "
-            "folder (as downloaded from the Hub) or build a tiny one with `python -m mini_o3.models.tiny DIR`"
+            f"checkpoint directory {directory} has no {' or '.join(missing)}; point at a model folder of a supported "
+            "family (as downloaded from the Hub) or build a tiny one with `python -m mini_o3.models.tiny DIR`"
         )
-    try:
-        model_type = json.loads((directory / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read {directory / 'config.json'}: {error}") from error
-    if model_type not in ("qwen2_5_vl", "qwen2_vl"):
-        raise CheckpointError(f"checkpoint {directory} is a {model_type!r} model; a Qwen2.5-VL-class model is needed (qwen2_5_vl or qwen2_vl)")
+    return read_backbone(directory)
 
 
-def _load_image_processor(directory: Path, min_pixels: int | None, max_pixels: int | None) -> Any:
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
+def _load_image_processor(directory: Path, backbone: Backbone, min_pixels: int | None, max_pixels: int | None) -> Any:
     try:
         settings = json.loads((directory / "preprocessor_config.json").read_text())
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot read {directory / 'preprocessor_config.json'}: {error}") from error
     size = settings.get("size") or {}
-    low = min_pixels or settings.get("min_pixels") or size.get("shortest_edge") or TINY_MIN_PIXELS
-    high = max_pixels or settings.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280
+    low = min_pixels or settings.get("min_pixels") or size.get("shortest_edge") or backbone.processor_min_pixels
+    high = max_pixels or settings.get("max_pixels") or size.get("longest_edge") or backbone.processor_max_pixels
     keys = (
         "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std", "resample",
         "do_resize", "do_rescale", "rescale_factor", "do_normalize", "do_convert_rgb",
     )
-    return Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high, **{key: settings[key] for key in keys if key in settings})
+    return backbone.image_processor(low, high, **{key: settings[key] for key in keys if key in settings})
 
 
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor with no video processor, so it needs no torchvision."""
-
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any) -> None:
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-
-def build_processor(tokenizer: Any, image_processor: Any) -> ImageOnlyQwen2_5_VLProcessor:
-    """A Qwen2.5-VL processor (tokenizer + image processor, no video) for trainers that want one object."""
-    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template or CHAT_TEMPLATE)
+def build_processor(tokenizer: Any, image_processor: Any, backbone: Backbone | None = None) -> Any:
+    """The family's processor (tokenizer + image processor, no video) for trainers that want one object."""
+    return (backbone or backbone_named(DEFAULT_FAMILY)).processor(tokenizer, image_processor)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mini_o3.models.tiny OUT_DIR [--seed N] [--size tiny|small]`."""
-    parser = argparse.ArgumentParser(prog="python -m mini_o3.models.tiny", description="Build an offline tiny random Qwen2.5-VL checkpoint.")
+    """`python -m mini_o3.models.tiny OUT_DIR [--seed N] [--size tiny|small] [--family NAME]`."""
+    from mini_o3.models.backbone import backbones
+
+    parser = argparse.ArgumentParser(prog="python -m mini_o3.models.tiny", description="Build an offline tiny random checkpoint of a supported family.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--max-pixels", type=int, default=TINY_MAX_PIXELS, help="The image processor's largest image in pixels.")
+    parser.add_argument("--family", choices=list(backbones()), default=DEFAULT_FAMILY, help="The model family.")
     args = parser.parse_args(argv)
-    out = build_tiny(args.out_dir, seed=args.seed, size=args.size, max_pixels=args.max_pixels)
+    out = build_tiny(args.out_dir, seed=args.seed, size=args.size, max_pixels=args.max_pixels, family=args.family)
     info = json.loads((out / INFO_FILE).read_text())
     print(f"wrote {out}: {info['parameters']:,} parameters, {info['tokenizer_size']} tokens")
     return 0

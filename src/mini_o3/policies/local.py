@@ -1,9 +1,10 @@
-"""A local transformers policy for Qwen2.5-VL-class models, with dynamic batching across threads.
+"""A local transformers policy for any supported family (Qwen2.5-VL, Qwen3-VL, Qwen3.5), with dynamic batching.
 
-Prompts are rendered by `protocol.render_messages` (byte-identical to the Qwen2.5-VL chat
-template), tokenised, and each image's single `<|image_pad|>` is expanded to the number of
-tokens the image processor gives it ((h/28) * (w/28) for merge size 2). `mm_token_type_ids`
-marks the image tokens so the model uses its multimodal rotary positions.
+Prompts are rendered by the checkpoint's family (`models.backbone.Backbone.render_messages`:
+the protocol's strings in the family's chat markup), tokenised, and each image's single
+`<|image_pad|>` is expanded to the number of tokens the image processor gives it ((h/28) * (w/28)
+on Qwen2.5-VL, (h/32) * (w/32) on Qwen3-VL and Qwen3.5). `mm_token_type_ids` marks the image
+tokens so the model uses its multimodal rotary positions.
 
 Many episode threads call `generate` at once; one background worker gathers concurrent calls
 (up to `max_batch_size`, waiting at most `batch_wait_ms` after the first) and runs a single
@@ -32,14 +33,14 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from mini_o3.agent import protocol
 from mini_o3.agent.images import as_pil
 from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
+from mini_o3.models.backbone import VISION_TOKENS, Backbone, backbone_named, backbone_of, with_checkpoint_template
 
-SUPPRESSED_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+SUPPRESSED_TOKENS = VISION_TOKENS
 """Tokens a policy must never write (a random model would otherwise sample them)."""
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-"""Tokens that end a turn; they are counted and returned in `token_ids` but not in the text."""
+"""Tokens that end a turn on every supported family; counted and returned in `token_ids` but not in the text."""
 
 
 @dataclass
@@ -61,9 +62,11 @@ class EncodedPrompt:
 class PromptEncoder:
     """Renders protocol messages and turns them into model inputs; safe to use from many threads."""
 
-    def __init__(self, tokenizer: Any, image_processor: Any, image_cache_bytes: int = 512 * 2**20) -> None:
+    def __init__(self, tokenizer: Any, image_processor: Any, image_cache_bytes: int = 512 * 2**20, backbone: Backbone | None = None) -> None:
         from tokenizers import Tokenizer
 
+        self.backbone = with_checkpoint_template(backbone or backbone_named("qwen2.5-vl"), tokenizer)
+        """The family whose chat markup prompts are rendered in (its opener as the checkpoint's template writes it)."""
         # A private copy of the Rust tokenizer: the transformers wrapper changes padding and
         # truncation state on every call, which is not safe across threads.
         self._backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -98,8 +101,8 @@ class PromptEncoder:
         return patches // self.merge_size**2
 
     def encode(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> EncodedPrompt:
-        """Model inputs for `messages` as `protocol.render_messages` renders them."""
-        text = protocol.render_messages(messages, add_generation_prompt)
+        """Model inputs for `messages` as the family renders them (`Backbone.render_messages`)."""
+        text = self.backbone.render_messages(messages, add_generation_prompt)
         images = [as_pil(part["image"]) for message in messages for part in message["content"] if part["type"] == "image"]
         ids = self.encode_text(text)
         pads = sum(1 for token in ids if token == self.image_token_id)
@@ -262,7 +265,7 @@ class _RowStopper(StoppingCriteria):
 
 
 class LocalPolicy:
-    """A Qwen2.5-VL-class model run with transformers, batching concurrent `generate` calls."""
+    """A model of a supported family run with transformers, batching concurrent `generate` calls."""
 
     def __init__(
         self,
@@ -299,7 +302,9 @@ class LocalPolicy:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.device = torch.device(device)
-        self.encoder = PromptEncoder(tokenizer, image_processor)
+        self.encoder = PromptEncoder(tokenizer, image_processor, backbone=backbone_of(model))
+        self.backbone = self.encoder.backbone
+        """The model's family, read from its config (and its template's opener from the tokenizer)."""
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.suppressed = [_token_id(tokenizer, token) for token in SUPPRESSED_TOKENS if tokenizer.convert_tokens_to_ids(token) is not None]

@@ -3,7 +3,8 @@
 Modules: `masking` (the GRPO maths, pure), `tokenize` (episode -> token ids, mask, images),
 `config` (job dataclasses and presets), `sft` (`run_sft`), `rl` (`run_rl`, the GRPOTrainer
 subclass), `rollouts` (episode settings, reward, per-step figures), `progress` (JSONL logs,
-host memory, learning curves), `vllm_policy` (rollouts from a colocated vLLM engine).
+host memory, learning curves), `vllm_policy` (rollouts from a colocated vLLM engine), `verl`
+(the same episodes inside verl's agent loop, for many nodes; docs/verl.md).
 
 The names below load on first use, so `import mini_o3.train.masking` stays light.
 """

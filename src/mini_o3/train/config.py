@@ -118,6 +118,17 @@ class RLJobConfig:
     """Upper clip: ratios above 1 + clip_high stop pushing up (the paper: 0.3)."""
     overturn_mask: bool = True
     """Mask every token of over-turn and over-context rollouts (False for the ablation)."""
+    loss_aggregation: str = "rollout_token_mean"
+    """How token losses make the step's loss: "rollout_token_mean" (the released run: the mean over
+    the optimizer step's rollouts of each rollout's token mean, a masked rollout counting as 0,
+    whatever the micro-batching) or "token_mean" (DAPO: one token mean over the unmasked tokens)."""
+    drop_failed_groups: bool = True
+    """A rollout whose policy failed (status error) or whose judge failed removes its whole group
+    from the step, which is refilled like dynamic sampling (the release drops a group whose judge
+    failed). False keeps the group: the failed rollout is masked and scored 0 in its group."""
+    void_unclosed_grounding: bool = True
+    """A truncated rollout whose last turn opened <grounding> and never closed it (cut by the token
+    limit) is void, as in the release: reward 0 and trained. False masks it as over-turn."""
     dynamic_sampling: bool = True
     """Drop groups whose rewards all agree and sample more questions to refill the step."""
     uniform_std: float = 1e-4
@@ -152,8 +163,9 @@ class RLJobConfig:
     """An OpenAI-compatible endpoint for the optional LLM judge (rule-based scoring first; None: rules only)."""
     judge_model: str | None = None
     """The judge model's name."""
-    freeze_vision: bool = True
-    """Freeze the vision tower and the projector (our choice; the reference does not say)."""
+    freeze_vision: bool = False
+    """Freeze the vision tower and the projector. The release's RL freezes nothing (only its SFT
+    freezes them), so False is the paper's setting."""
     bf16: bool = False
     """Train in bfloat16 mixed precision (GPUs)."""
     gradient_checkpointing: bool = False
@@ -204,6 +216,8 @@ class RLJobConfig:
                 f"mini_batch_prompts x num_generations ({rollouts}) must be a multiple of micro_batch_size x processes "
                 f"({self.micro_batch_size} x {num_processes})"
             )
+        if self.loss_aggregation not in ("rollout_token_mean", "token_mean"):
+            raise ValueError(f"loss_aggregation must be rollout_token_mean or token_mean, got {self.loss_aggregation!r}")
         if not 0 <= self.clip_low < 1 or self.clip_high < 0:
             raise ValueError(f"clip bounds must satisfy 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
         if self.vllm_tensor_parallel_size != 1 and self.use_vllm:

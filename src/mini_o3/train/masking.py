@@ -1,18 +1,23 @@
 """The GRPO maths of Mini-o3 as pure functions: advantages, masks, the clipped loss, dynamic sampling.
 
-Follows shared/reference/mini-o3.md section 5:
+Follows shared/reference/mini-o3.md section 5 and the released code (Mini-o3/Mini-o3, its verl fork):
 
 - advantages are (r - mean) / (std + 1e-6) per group of n rollouts of one question, over the
   whole group, over-turn rollouts included. The std is the unbiased (Bessel-corrected) one, as
   verl computes it (`torch.std`, correction 1); a group of one gets mean 0 and std 1, as there;
 - over-turn masking: every token of a truncated rollout (over_turn, over_context) is left out
-  of the loss and of its normaliser, while its reward still counts in its group's statistics.
-  Rollouts that could not run (status error) are always left out: their outcome is not the
-  model's;
+  of the loss, while its reward still counts in its group's statistics. A truncated rollout
+  whose last turn opened `<grounding>` and never closed it is "void", not over-turn, in the
+  release (its grounding pattern needs the closing tag): reward 0 and trained. Rollouts that
+  could not run (status error) are always left out: their outcome is not the model's;
 - only model-written tokens carry loss (the assistant mask from `train.tokenize`);
 - the loss is PPO's clipped surrogate per token, with clip bounds low 0.2 / high 0.3, no KL
-  term and no entropy bonus, summed over unmasked tokens and divided by their number: a token
-  mean over the whole batch (DAPO), not a mean of per-rollout means;
+  term and no entropy bonus, aggregated one of two ways (`LOSS_AGGREGATIONS`):
+  "rollout_token_mean", the released run's: each rollout's token mean, averaged over every
+  rollout of the optimizer step, a masked rollout counting as a zero (verl's `token-mean` inside
+  micro-batches of one rollout, divided by the fixed accumulation count), so masking shrinks
+  the step and long rollouts weigh as much as short ones; or "token_mean", DAPO's: one token
+  mean over the unmasked tokens of the whole step, so masking re-weights what is left;
 - dynamic sampling drops groups whose rewards all agree (std < 1e-4): they carry no signal.
 """
 
@@ -23,12 +28,19 @@ from typing import Iterable
 
 import torch
 
+from mini_o3.agent import protocol
 from mini_o3.agent.trajectory import Status
 
 ADVANTAGE_EPS = 1e-6
 """Added to the group std before dividing (the reference's epsilon)."""
 UNIFORM_STD = 1e-4
 """Groups whose reward std is below this are uniform and dropped by dynamic sampling."""
+ROLLOUT_TOKEN_MEAN = "rollout_token_mean"
+"""The released objective: the mean over rollouts of each rollout's token mean (masked rollouts count as 0)."""
+TOKEN_MEAN = "token_mean"
+"""DAPO's objective: one token mean over the unmasked tokens of the step."""
+LOSS_AGGREGATIONS = (ROLLOUT_TOKEN_MEAN, TOKEN_MEAN)
+"""The loss aggregations `clipped_token_loss` knows."""
 
 
 def group_std(rewards: torch.Tensor) -> torch.Tensor:
@@ -64,16 +76,28 @@ def keep_groups(rewards: torch.Tensor, threshold: float = UNIFORM_STD) -> list[i
     return [index for index, uniform in enumerate(uniform_groups(rewards, threshold).tolist()) if not uniform]
 
 
-def rollout_weights(statuses: Iterable[Status | str], overturn_mask: bool = True) -> torch.Tensor:
+def unclosed_grounding(text: str) -> bool:
+    """True when a turn opens `<grounding>` and never closes it (cut by the token limit, or ended early)."""
+    at = text.find(protocol.GROUNDING_OPEN)
+    return at >= 0 and protocol.STOP_STRING not in text[at:]
+
+
+def rollout_weights(
+    statuses: Iterable[Status | str], overturn_mask: bool = True, void: Iterable[bool] | None = None
+) -> torch.Tensor:
     """1.0 for a rollout whose tokens carry loss, 0.0 for one masked out.
 
-    With `overturn_mask` on, truncated rollouts (over_turn, over_context) are masked; error
-    rollouts are masked either way.
+    With `overturn_mask` on, truncated rollouts (over_turn, over_context) are masked, except
+    those `void` marks (last turn an unclosed `<grounding>`: trained with reward 0, as the
+    release). Error rollouts are masked either way.
     """
+    statuses = [Status(status) for status in statuses]
+    voids = [False] * len(statuses) if void is None else [bool(flag) for flag in void]
+    if len(voids) != len(statuses):
+        raise ValueError(f"void has {len(voids)} flags for {len(statuses)} rollouts")
     weights = []
-    for status in statuses:
-        status = Status(status)
-        masked = status is Status.ERROR or (overturn_mask and status.truncated)
+    for status, is_void in zip(statuses, voids):
+        masked = status is Status.ERROR or (overturn_mask and status.truncated and not is_void)
         weights.append(0.0 if masked else 1.0)
     return torch.tensor(weights, dtype=torch.float32)
 
@@ -111,16 +135,24 @@ def clipped_token_loss(
     mask: torch.Tensor,
     clip_low: float = 0.2,
     clip_high: float = 0.3,
-    num_tokens: float | torch.Tensor | None = None,
+    aggregation: str = ROLLOUT_TOKEN_MEAN,
+    normaliser: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
-    """PPO's clipped surrogate, token level, normalised by the number of unmasked tokens.
+    """PPO's clipped surrogate per token, aggregated as `aggregation` says.
 
     `logprobs` / `old_logprobs` / `mask` are (rollouts, tokens); `advantages` is (rollouts,) or
-    (rollouts, tokens). The loss is sum(-min(r A, clip(r, 1 - low, 1 + high) A) * mask) divided
-    by `num_tokens` (default: mask.sum(), at least 1). Pass the token count of the whole
-    optimizer batch as `num_tokens` when one batch is split over gradient-accumulation steps,
-    so that the summed micro-batch losses are the batch's token mean. No KL, no entropy term.
+    (rollouts, tokens). Per token the loss is -min(r A, clip(r, 1 - low, 1 + high) A); no KL,
+    no entropy term.
+
+    - "rollout_token_mean": each rollout's sum over its unmasked tokens divided by their number
+      (0 for a rollout with none), summed over rollouts and divided by `normaliser` (default:
+      the rollouts here). When one optimizer step is split into micro-batches, pass the
+      rollouts of the whole step, so that the summed micro-batch losses are its mean.
+    - "token_mean": the sum over unmasked tokens divided by `normaliser` (default: their number,
+      at least 1). When split, pass the unmasked tokens of the whole step.
     """
+    if aggregation not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {aggregation!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
     if logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape:
         raise ValueError(
             f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and mask "
@@ -135,9 +167,15 @@ def clipped_token_loss(
     ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = -torch.minimum(ratio * advantages, clipped * advantages)
-    denominator = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=logprobs.dtype)
-    denominator = torch.clamp(denominator.to(logprobs.device), min=1.0)
-    loss = (per_token * mask).sum() / denominator
+    if aggregation == ROLLOUT_TOKEN_MEAN:
+        per_rollout = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        total = per_rollout.sum()
+        default = float(mask.shape[0])
+    else:
+        total = (per_token * mask).sum()
+        default = mask.sum()
+    denominator = torch.as_tensor(default if normaliser is None else normaliser, dtype=logprobs.dtype)
+    loss = total / torch.clamp(denominator.to(logprobs.device), min=1.0)
     with torch.no_grad():
         count = float(mask.sum())
         low = ((ratio < 1.0 - clip_low) & (advantages < 0)).to(mask.dtype)

@@ -67,10 +67,12 @@ class JsonlLogCallback(TrainerCallback):
 
 
 class SaveImageProcessorCallback(TrainerCallback):
-    """Write the image processor beside every checkpoint, so each loads with `tiny.load_checkpoint`."""
+    """Write the image processor (and the episode settings) beside every checkpoint, so each loads and runs as trained."""
 
-    def __init__(self, image_processor: Any) -> None:
+    def __init__(self, image_processor: Any, episode: Any = None) -> None:
         self.image_processor = image_processor
+        self.episode = episode
+        """`models.episode_settings.EpisodeSettings` to write as mini_o3_episode.json, or None."""
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
@@ -78,6 +80,10 @@ class SaveImageProcessorCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
             self.image_processor.save_pretrained(folder)
+            if self.episode is not None:
+                from mini_o3.models.episode_settings import write_episode_settings
+
+                write_episode_settings(folder, self.episode)
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

@@ -13,9 +13,14 @@ vLLM engine with its weight sync.
   `scoring.score_trajectory` correctness (an optional LLM judge second); advantages, masks and
   the dynamic-sampling filter are `train.masking`'s; each rollout becomes token ids with
   `train.tokenize` (the sampled ids, a mask of model-written tokens) and every image it showed
-  (the original and each crop) goes into `pixel_values` / `image_grid_thw`.
-- `_compute_loss`: `masking.clipped_token_loss` (clip 0.2 / 0.3, no KL, no entropy bonus,
-  token mean over the batch's unmasked tokens).
+  (the original and each crop) goes into `pixel_values` / `image_grid_thw`. As released, a group
+  with a failed rollout or judge call is dropped and refilled, a last turn cut inside
+  `<grounding>` is void (trained, reward 0), and a turn holding a vision placeholder fails its
+  episode rather than the step.
+- `_compute_loss`: `masking.clipped_token_loss` (clip 0.2 / 0.3, no KL, no entropy bonus),
+  aggregated as `loss_aggregation` says: the release's mean over the optimizer step's rollouts
+  of each rollout's token mean (TRL's "grpo" loss type computes the same), or DAPO's token mean
+  over the step's unmasked tokens (TRL's "dapo").
 
 TRL's own routes do not fit: `rollout_func` would give the training forward pass only the
 dataset's prompt image, not the crops inside the completion; `environment_factory` speaks
@@ -44,12 +49,15 @@ from rich.console import Console
 from mini_o3.agent.loop import Episode, run_episodes
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.policy import Policy
+from mini_o3.models.backbone import backbone_of
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
 from mini_o3.train import masking
 from mini_o3.train.config import RLJobConfig, config_json, require_backends
 from mini_o3.train.console import LIBRARY_LOG, Figure, library_noise_to, show_progress
 from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
-from mini_o3.train.rollouts import Rewarder, RolloutGroup, episode_config, mini_o3_correctness, rollout_stats
+from mini_o3.train.rollouts import (
+    PLACEHOLDER_TOKENS, PlaceholderGuard, Rewarder, RolloutGroup, episode_config, is_void, mini_o3_correctness, rollout_stats,
+)
 from mini_o3.train.sft import FINAL_DIR, freeze_vision, last_checkpoint
 from mini_o3.train.tokenize import ConversationEncoder, EncodedConversation
 from mini_o3.train.vllm_policy import VLLMColocatePolicy
@@ -88,7 +96,7 @@ def trainer_class() -> type:
             self.samples = list(samples)
             self.mini_tokenizer = tokenizer
             self.image_processor = image_processor
-            self.encoder = ConversationEncoder(tokenizer, image_processor)
+            self.encoder = ConversationEncoder(tokenizer, image_processor, backbone_of(self.model))
             self.rewarder = rewarder
             self.episode_config = episode_config(job)
             self.rollout_policy = rollout_policy
@@ -96,6 +104,10 @@ def trainer_class() -> type:
             self._vllm_policy: Any = None
             self._rollout_seconds = 0.0
             self._update_seconds = 0.0
+            self.placeholder_ids = {
+                int(tokenizer.convert_tokens_to_ids(token)) for token in PLACEHOLDER_TOKENS
+                if tokenizer.convert_tokens_to_ids(token) not in (None, getattr(tokenizer, "unk_token_id", None))
+            }
             self._rollouts_path = Path(self.args.output_dir) / (
                 ROLLOUTS_FILE if self.accelerator.num_processes == 1 else f"rollouts.{self.accelerator.process_index}.jsonl"
             )
@@ -154,29 +166,34 @@ def trainer_class() -> type:
             return groups
 
         def _sample_step(self, indices: list[int]) -> tuple[list[RolloutGroup], list[float], list[RolloutGroup], dict[str, float]]:
-            """Roll out, filter uniform groups and refill until `len(indices)` groups are kept (or rounds run out).
+            """Roll out, drop failed and uniform groups and refill until `len(indices)` groups are kept (or rounds run out).
 
-            Returns the batch's groups, each group's weight (0 for a uniform group that only fills
-            a slot), the sampled groups left out, and the step's rollout figures.
+            Returns the batch's groups, each group's weight (0 for a uniform or failed group that
+            only fills a slot), the sampled groups left out, and the step's rollout figures.
             """
             needed = len(indices)
             rng = random.Random(f"{self.args.seed}/{self.state.global_step}/{self.accelerator.process_index}")
             kept: list[RolloutGroup] = []
             spare: list[RolloutGroup] = []
+            failed: list[RolloutGroup] = []
             sampled: list[RolloutGroup] = []
             rounds = 0
             pending = list(indices)
             with self._policy() as policy:
+                guarded = PlaceholderGuard(policy, self.placeholder_ids)
                 while pending:
                     rounds += 1
                     # Every turn samples with a seed drawn from (run seed, step, process, round), so
                     # a rerun of the same job with the same weights rolls out the same episodes.
                     stream = f"rl/step{self.state.global_step}/process{self.accelerator.process_index}/round{rounds}"
-                    groups = self._rollout(SeededPolicy(policy, turn_seed(self.args.seed, stream, 0, 0)), pending)
+                    groups = self._rollout(SeededPolicy(guarded, turn_seed(self.args.seed, stream, 0, 0)), pending)
                     sampled += groups
                     usable = [group for group in groups if group.usable]
+                    if self.job.drop_failed_groups:
+                        failed += [group for group in usable if group.failed]
+                        usable = [group for group in usable if not group.failed]
                     if self.job.dynamic_sampling:
-                        keep = set(masking.keep_groups(torch.tensor([group.rewards for group in usable]), self.job.uniform_std)) if usable else set()
+                        keep = set(masking.keep_groups(torch.tensor([group.scores for group in usable]), self.job.uniform_std)) if usable else set()
                         kept += [group for i, group in enumerate(usable) if i in keep]
                         spare += [group for i, group in enumerate(usable) if i not in keep]
                     else:
@@ -189,15 +206,16 @@ def trainer_class() -> type:
             weights = [1.0] * len(kept)
             fill = needed - len(kept)
             if fill > 0:
-                if len(spare) < fill:
+                fillers = spare + failed
+                if len(fillers) < fill:
                     raise RuntimeError(
-                        f"{fill} of {needed} rollout groups could not be filled: episodes failed to show their image "
-                        "(check the dataset's image paths)"
+                        f"{fill} of {needed} rollout groups could not be filled in {rounds} sampling rounds: episodes failed "
+                        "to show their image or to run (check the dataset's image paths and the policy)"
                     )
-                # Shapes stay fixed; these uniform groups carry no loss (zero advantage and zero mask).
-                kept += spare[:fill]
+                # Shapes stay fixed; these groups carry no loss (zero mask), as if left out.
+                kept += fillers[:fill]
                 weights += [0.0] * fill
-            stats = rollout_stats(sampled, len(kept) - fill, fill, rounds, self.job.max_turns)
+            stats = rollout_stats(sampled, len(kept) - fill, fill, rounds, self.job.max_turns, len(failed))
             if self.rewarder.judge is not None:
                 stats["judge_failures"] = float(self.rewarder.judge_failures)
             in_batch = {id(group) for group in kept}
@@ -217,11 +235,12 @@ def trainer_class() -> type:
             groups, group_weights, left_out, stats = self._sample_step(indices)
             rollout_seconds = time.perf_counter() - started
 
-            rewards = torch.tensor([group.rewards for group in groups], dtype=torch.float32)
+            rewards = torch.tensor([group.scores for group in groups], dtype=torch.float32)
             advantages = masking.group_advantages(rewards).reshape(-1)
             episodes = [episode for group in groups for episode in group.episodes]
             statuses = [episode.trajectory.status for episode in episodes]
-            weights = masking.rollout_weights(statuses, self.job.overturn_mask)
+            void = [self.job.void_unclosed_grounding and is_void(episode.trajectory) for episode in episodes]
+            weights = masking.rollout_weights(statuses, self.job.overturn_mask, void)
             weights = weights * torch.tensor(group_weights).repeat_interleave(n)
             encoded = [self.encoder.encode_episode(episode) for episode in episodes]
             batch = self._batch(encoded, advantages, weights)
@@ -309,6 +328,7 @@ def trainer_class() -> type:
                         "rl_step": step,
                         "sample_index": group.sample_index,
                         "reward": reward,
+                        "void": is_void(episode.trajectory),
                         "in_batch": in_batch,
                         "advantage": float(advantages[row]) if in_batch else None,
                         "trained": bool(in_batch and weights[row] > 0),
@@ -324,12 +344,18 @@ def trainer_class() -> type:
             logprobs = self._logprobs(model, inputs)
             old = inputs.get("old_per_token_logps")
             old = logprobs.detach() if old is None else old
-            # As TRL's "dapo" normaliser: the tokens of one optimizer step, so that the summed
-            # micro-batch losses are a token mean over the whole mini-batch.
-            num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-            num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            if self.job.loss_aggregation == masking.ROLLOUT_TOKEN_MEAN:
+                # The rollouts of one optimizer step on this process (gradients are averaged over
+                # processes): a fixed count, like verl's accumulation factor, whatever the masks.
+                normaliser = inputs["advantages"].shape[0] * self.current_gradient_accumulation_steps
+            else:
+                # As TRL's "dapo": `num_items_in_batch` counts the unmasked tokens of the whole
+                # generation batch over all processes; rescale it to one optimizer step here.
+                normaliser = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+                normaliser = normaliser * self.current_gradient_accumulation_steps / self.args.steps_per_generation
             loss, stats = masking.clipped_token_loss(
-                logprobs, old, inputs["advantages"], inputs["loss_mask"], self.job.clip_low, self.job.clip_high, num_tokens
+                logprobs, old, inputs["advantages"], inputs["loss_mask"], self.job.clip_low, self.job.clip_high,
+                self.job.loss_aggregation, normaliser,
             )
             if stats.tokens > 0:  # a micro-batch of masked rollouts only has no ratio to report (not 0)
                 metrics = self._metrics["train"]
@@ -377,6 +403,9 @@ def build_trainer(job: RLJobConfig, samples: Sequence[Sample] | None = None, rol
     samples = list(samples)
     if not samples:
         raise ValueError(f"no questions in {job.data!r}")
+    if len(samples) < job.prompts_per_step:
+        # TRL draws each step's questions without repeats; with fewer it trains zero steps silently.
+        raise ValueError(f"RL needs at least prompts_per_step ({job.prompts_per_step}) questions, got {len(samples)}")
     model, tokenizer, image_processor = load_checkpoint(
         job.model_path, device="cpu", dtype=torch.bfloat16 if job.bf16 else torch.float32
     )
@@ -402,7 +431,8 @@ def build_trainer(job: RLJobConfig, samples: Sequence[Sample] | None = None, rol
         beta=0.0,
         epsilon=job.clip_low,
         epsilon_high=job.clip_high,
-        loss_type="dapo",
+        # Our _compute_loss replaces TRL's; the matching TRL loss type computes the same objective.
+        loss_type="grpo" if job.loss_aggregation == masking.ROLLOUT_TOKEN_MEAN else "dapo",
         temperature=job.temperature,
         top_p=job.top_p,
         max_completion_length=job.max_new_tokens,
@@ -439,13 +469,26 @@ def build_trainer(job: RLJobConfig, samples: Sequence[Sample] | None = None, rol
         reward_funcs=[mini_o3_correctness],
         args=args,
         train_dataset=dataset,
-        processing_class=build_processor(tokenizer, image_processor),
+        processing_class=build_processor(tokenizer, image_processor, backbone_of(model)),
         callbacks=[
             JsonlLogCallback(out / LOG_FILE, step_scale=steps_per_rl_step, step_name="step"),
-            SaveImageProcessorCallback(image_processor),
+            SaveImageProcessorCallback(image_processor, rl_episode_settings(job)),
         ],
     )
     return trainer
+
+
+def rl_episode_settings(job: RLJobConfig) -> Any:
+    """The episode settings an RL model carries: its rollouts' views, tokens and limits; the inference
+    turn budget is the starting checkpoint's (32 without one)."""
+    from mini_o3.models.episode_settings import DEFAULT_SETTINGS, read_episode_settings
+
+    start = read_episode_settings(job.model_path) or DEFAULT_SETTINGS
+    return start.replace(
+        view_max_pixels=job.image_max_pixels, view_min_pixels=job.image_min_pixels, max_new_tokens=job.max_new_tokens,
+        numbering=job.numbering, max_context_tokens=job.max_context_tokens, context_reserve=job.context_reserve,
+        train_max_turns=job.max_turns, train_max_images=job.max_images, written_by="rl",
+    )
 
 
 def run_rl(
@@ -498,6 +541,9 @@ def _train(job: RLJobConfig, samples: Sequence[Sample] | None, rollout_policy: P
     if trainer.is_world_process_zero():
         trainer.mini_tokenizer.save_pretrained(final)
         trainer.image_processor.save_pretrained(final)
+        from mini_o3.models.episode_settings import write_episode_settings
+
+        write_episode_settings(final, rl_episode_settings(job))
         plot_learning_curve(out / LOG_FILE, out / CURVE_FILE, CURVE_SERIES, "GRPO with over-turn masking" if job.overturn_mask else "GRPO, no over-turn masking")
         print(f"RL done in {time.perf_counter() - started:.1f} s; final checkpoint: {final}", flush=True)
     return final

@@ -4,9 +4,11 @@ The data are the cold-start conversations (`mini_o3.coldstart.sft_files`: JSONL 
 "images"}). Each row is encoded by `train.tokenize.ConversationEncoder`, the same code that
 builds RL sequences, so SFT and RL agree token for token on what a conversation is: the
 labels are the input ids on assistant texts and their `<|im_end|>`, and -100 on the system
-prompt, the question, the image pads and every observation and error turn. The vision tower
-and projector are frozen by default. Checkpoints carry the tokenizer and image processor, so
-each one loads with `mini_o3.models.tiny.load_checkpoint` / `LocalPolicy`, and a rerun resumes from
+prompt, the question, the image pads and every observation and error turn. The family (Qwen2.5-VL,
+Qwen3-VL, Qwen3.5) comes from the checkpoint's config. The vision tower and projector are frozen
+by default. Checkpoints carry the tokenizer, the image processor and the episode settings the
+data were collected with (`mini_o3_episode.json`), so each one loads with
+`mini_o3.models.tiny.load_checkpoint` / `LocalPolicy` and runs as trained; a rerun resumes from
 the last one.
 """
 
@@ -98,15 +100,14 @@ def collate(encoded: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def freeze_vision(model: Any) -> int:
-    """Freeze the vision tower and its projector (merger); return how many parameters were frozen."""
-    visual = getattr(getattr(model, "model", model), "visual", None)
-    if visual is None:
-        raise ValueError(f"{type(model).__name__} has no vision tower at model.visual; a Qwen2.5-VL-class model is needed")
-    frozen = 0
-    for parameter in visual.parameters():
-        parameter.requires_grad_(False)
-        frozen += parameter.numel()
-    return frozen
+    """Freeze the vision tower and its projector (merger) of the model's family; return how many parameters were frozen."""
+    from mini_o3.models.backbone import CheckpointError, backbone_of
+
+    try:
+        backbone = backbone_of(model)
+    except CheckpointError as error:
+        raise ValueError(f"{type(model).__name__} has no known vision tower: {error}") from error
+    return backbone.freeze_vision(model)
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -115,6 +116,14 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
     folder = Path(output_dir)
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def sft_episode_settings(data: str | Path, model_path: str | Path) -> Any:
+    """The episode settings an SFT model is trained with: the data's (as collected), else the starting checkpoint's, else the paper's."""
+    from mini_o3.models.episode_settings import DEFAULT_SETTINGS, read_episode_settings
+
+    stored = read_episode_settings(data) or read_episode_settings(model_path) or DEFAULT_SETTINGS
+    return stored.replace(written_by="sft")
 
 
 def _load_model(path: str, bf16: bool) -> tuple[Any, Any, Any]:
@@ -149,7 +158,12 @@ def _fine_tune(config: SFTJobConfig, out: Path, console: Console | None) -> Path
     model, tokenizer, image_processor = _load_model(config.model_path, config.bf16)
     if config.freeze_vision:
         freeze_vision(model)
-    encoder = ConversationEncoder(tokenizer, image_processor)
+    from mini_o3.models.backbone import backbone_of
+
+    backbone = backbone_of(model)
+    print(f"model family: {backbone.name} ({type(model).__name__})", flush=True)
+    encoder = ConversationEncoder(tokenizer, image_processor, backbone)
+    episode = sft_episode_settings(config.data, config.model_path)
     rows = load_rows(config.data, config.limit)
     kept = [row for row in rows if len(encoder.encode_messages(row["messages"], row["images"] or None, with_pixels=False)) <= config.max_length]
     if not kept:
@@ -197,9 +211,9 @@ def _fine_tune(config: SFTJobConfig, out: Path, console: Console | None) -> Path
         model=model,
         args=args,
         train_dataset=rows_dataset(kept),
-        processing_class=build_processor(tokenizer, image_processor),
+        processing_class=build_processor(tokenizer, image_processor, backbone),
         data_collator=SFTCollator(encoder, tokenizer.pad_token_id),
-        callbacks=[JsonlLogCallback(log_path, step_name="step"), SaveImageProcessorCallback(image_processor)],
+        callbacks=[JsonlLogCallback(log_path, step_name="step"), SaveImageProcessorCallback(image_processor, episode)],
     )
     line = show_progress(trainer, "SFT", SFT_FIGURES, console)
     started = time.perf_counter()
@@ -212,6 +226,9 @@ def _fine_tune(config: SFTJobConfig, out: Path, console: Console | None) -> Path
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(final)
         image_processor.save_pretrained(final)
+        from mini_o3.models.episode_settings import write_episode_settings
+
+        write_episode_settings(final, episode)
         plot_learning_curve(log_path, out / "learning_curve.png", ["loss", "mean_token_accuracy", "learning_rate"], "SFT", step_key="step")
         print(f"SFT done in {time.perf_counter() - started:.1f} s; final checkpoint: {final}", flush=True)
     return final

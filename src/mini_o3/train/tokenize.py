@@ -1,8 +1,9 @@
 """The episode -> training contract: token ids, a mask of model-written tokens, and every image.
 
-A conversation is encoded message by message, exactly as `protocol.render_messages` renders it
-(and as the policies tokenise their prompts), with each `<|image_pad|>` expanded to the number
-of tokens the image processor gives that image:
+A conversation is encoded message by message, exactly as the checkpoint's family renders it
+(`models.backbone.Backbone.render_messages`, as the policies tokenise their prompts), with each
+`<|image_pad|>` expanded to the number of tokens the image processor gives that image. On
+Qwen2.5-VL and Qwen3-VL (the layout below):
 
     <|im_start|>system\\n...<|im_end|>\\n                         mask 0
     <|im_start|>user\\n<|vision_start|><|image_pad|>*N<|vision_end|>\\n{question}<|im_end|>\\n  mask 0
@@ -12,6 +13,9 @@ of tokens the image processor gives that image:
     \\n                                                          mask 0
     <|im_start|>user\\n{observation or error turn}<|im_end|>\\n   mask 0
     ...
+
+On Qwen3.5 the assistant header is `<|im_start|>assistant\n<think>\n` (its template opens the
+thought; mask 0) and an SFT text's own leading "<think>" is dropped (`Backbone.assistant_body`).
 
 Which tokens carry loss (`assistant_mask` = 1) - only the ones the model writes:
 - SFT (`encode_messages`): each assistant text and its closing `<|im_end|>`, the Qwen
@@ -42,6 +46,7 @@ from typing import Any, Sequence
 import torch
 
 from mini_o3.agent import protocol
+from mini_o3.models.backbone import Backbone
 from mini_o3.policies.local import END_TOKENS, PromptEncoder
 
 IMAGE_PAD = "<|image_pad|>"
@@ -84,8 +89,9 @@ class ConversationEncoder:
     Safe to use from many threads (the tokenizer is the policies' private Rust copy).
     """
 
-    def __init__(self, tokenizer: Any, image_processor: Any) -> None:
-        self.prompt_encoder = PromptEncoder(tokenizer, image_processor)
+    def __init__(self, tokenizer: Any, image_processor: Any, backbone: Backbone | None = None) -> None:
+        self.prompt_encoder = PromptEncoder(tokenizer, image_processor, backbone=backbone)
+        self.backbone = self.prompt_encoder.backbone
         self.image_processor = image_processor
         self.merge_size = self.prompt_encoder.merge_size
         self.image_token_id = self.prompt_encoder.image_token_id
@@ -128,8 +134,8 @@ class ConversationEncoder:
         return self._encode(messages, None, assistant_turns=trajectory.turns, with_pixels=with_pixels)
 
     def expanded_rendering(self, trajectory: Any, image_tokens: Sequence[int]) -> str:
-        """`trajectory.rendered()` with each image's single pad expanded to its token count."""
-        pieces = trajectory.rendered().split(IMAGE_PAD)
+        """The trajectory rendered in the family's markup with each image's single pad expanded to its token count."""
+        pieces = self.backbone.render_messages(trajectory.messages(), add_generation_prompt=False).split(IMAGE_PAD)
         if len(pieces) - 1 != len(image_tokens):
             raise ValueError(f"the rendering holds {len(pieces) - 1} image pads for {len(image_tokens)} images")
         out = [pieces[0]]
@@ -164,7 +170,7 @@ class ConversationEncoder:
         for message in messages:
             role = message["role"]
             if role != "assistant":
-                text = protocol.render_messages([message], add_generation_prompt=False)
+                text = self.backbone.render_messages([message], add_generation_prompt=False)
                 piece = self._expand(self.prompt_encoder.encode_text(text), image_counts)
                 ids += piece
                 mask += [0] * len(piece)
@@ -176,7 +182,7 @@ class ConversationEncoder:
                 prompt_length = len(ids)
             text = "".join(part["text"] for part in message["content"] if part["type"] == "text")
             if assistant_turns is None:
-                body, body_mask = self._sft_turn(text)
+                body, body_mask = self._sft_turn(self.backbone.assistant_body(text))
             else:
                 if assistant_index >= len(assistant_turns):
                     raise ValueError("more assistant messages than recorded turns")
@@ -227,7 +233,7 @@ class ConversationEncoder:
 
     def _header(self, role: str) -> list[int]:
         if role not in self._headers:
-            self._headers[role] = self.prompt_encoder.encode_text(f"<|im_start|>{role}\n")
+            self._headers[role] = self.prompt_encoder.encode_text(self.backbone.assistant_header if role == "assistant" else f"<|im_start|>{role}\n")
         return self._headers[role]
 
     def _expand(self, ids: list[int], counts: Any) -> list[int]:

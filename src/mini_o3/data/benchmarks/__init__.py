@@ -42,8 +42,10 @@ from mini_o3.data.benchmarks.common import (
     existing_image,
     multiple_choice_question,
     parse_choice,
+    parse_json_line,
     parse_option_lines,
     safe_image_path,
+    safe_sample,
 )
 from mini_o3.data.benchmarks.generic import iter_generic
 from mini_o3.data.benchmarks.hrbench import iter_hrbench
@@ -71,6 +73,8 @@ __all__ = [
     "iter_vstar",
     "multiple_choice_question",
     "parse_choice",
+    "parse_json_line",
     "parse_option_lines",
     "safe_image_path",
+    "safe_sample",
 ]

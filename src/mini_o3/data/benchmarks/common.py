@@ -9,11 +9,12 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from mini_o3.agent.sample import Sample
+from mini_o3.jsonl import safe_text
 
 from mini_o3.agent.protocol import MULTIPLE_CHOICE_INSTRUCTION  # noqa: E402  (re-exported)
 """The last line of every multiple-choice question (V* Bench's own wording)."""
@@ -101,6 +102,8 @@ def existing_image(base: Path, raw: Any, fix: str, fallbacks: Iterable[Path] = (
     path = safe_image_path(base, raw)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise RecordProblem(f"the image path {path} is a folder, not an image file", "name the image file itself")
     tried = [path]
     for candidate in fallbacks:
         if candidate in tried:
@@ -210,17 +213,46 @@ def build_records(path: Path, items: Iterable[tuple[int, int | None, Any]], buil
         record_id = None
         try:
             if isinstance(record, _Unparsable):
-                raise RecordProblem(f"the line is not valid JSON ({record})", "fix or remove this line")
+                raise RecordProblem(record.reason, record.fix)
             if not isinstance(record, dict):
                 raise RecordProblem(f"expected a JSON object, found {type(record).__name__}", "fix or remove this record")
-            sample = build(record, index)
+            sample = safe_sample(build(record, index))
             record_id = sample.id
             ids.claim(sample.id, index)
             yield sample
         except RecordProblem as problem:
             if record_id is None and isinstance(record, dict):
                 record_id = _record_id(_first_present(record, _ID_KEYS))
-            yield BadRecord(path, index, record_id, problem.reason, problem.fix, line)
+            record_id = None if record_id is None else safe_text(record_id)
+            yield BadRecord(path, index, record_id, safe_text(problem.reason), safe_text(problem.fix), line)
+
+
+def safe_sample(sample: Sample) -> Sample:
+    """`sample` with its text made safe to write (lone surrogates, valid in JSON files, become U+FFFD)."""
+    return replace(
+        sample,
+        id=safe_text(sample.id),
+        question=safe_text(sample.question),
+        answer=safe_text(sample.answer),
+        options=_safe_strings(sample.options),
+        source=safe_text(sample.source),
+        split=safe_text(sample.split),
+        category=safe_text(sample.category),
+        meta=_safe_strings(sample.meta),
+    )
+
+
+def _safe_strings(value: Any) -> Any:
+    """`value` with every string in it (keys included) made safe; other values untouched."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {_safe_strings(key): _safe_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_safe_strings(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_safe_strings(item) for item in value)
+    return value
 
 
 _ID_KEYS = ("id", "doc_id", "question_id", "Question_id", "index")
@@ -238,23 +270,50 @@ def _is_number(value: Any) -> bool:
 
 
 def _jsonl_items(path: Path) -> Iterator[tuple[int, int | None, Any]]:
-    """(index, line number, parsed object) for each non-blank line; an unparsable line becomes a string."""
+    """(index, line number, parsed object) for each non-blank line; a line that is not UTF-8 JSON becomes an _Unparsable.
+
+    Lines are read as bytes and decoded one by one, so a bad byte is the problem of its own
+    line (a bad record, skippable) and not of the whole file.
+    """
     try:
-        handle = path.open(encoding="utf-8-sig")
+        handle = path.open("rb")
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found; check the path") from None
     with handle:
         index = 0
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            if not raw.strip():
                 continue
-            try:
-                value: Any = json.loads(line)
-            except json.JSONDecodeError as error:
-                value = _Unparsable(str(error))
-            yield index, number, value
+            yield index, number, parse_json_line(raw)
             index += 1
 
 
-class _Unparsable(str):
-    """A JSONL line that is not JSON; the record builder reports it."""
+_BOM = b"\xef\xbb\xbf"
+
+
+def parse_json_line(raw: bytes) -> Any:
+    """The JSON value of one line of bytes, or an _Unparsable saying why not (not UTF-8, not JSON)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        byte = raw[error.start : error.start + 1].hex()
+        return _Unparsable(
+            f"the line is not UTF-8 text (byte 0x{byte} at column {error.start + 1})",
+            "save the file as UTF-8, or fix or remove this line",
+        )
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        return _Unparsable(f"the line is not valid JSON ({error})", "fix or remove this line")
+    except RecursionError:
+        return _Unparsable("the line nests JSON too deeply to read", "fix or remove this line")
+
+
+class _Unparsable:
+    """A JSONL line that is not JSON (or not UTF-8); the record builder reports it."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        self.reason = reason
+        self.fix = fix

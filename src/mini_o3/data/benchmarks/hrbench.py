@@ -27,7 +27,7 @@ from mini_o3.data.benchmarks.common import (
     multiple_choice_question,
 )
 from mini_o3.agent.sample import Sample
-from mini_o3.jsonl import write_atomic
+from mini_o3.jsonl import safe_text, write_atomic
 
 _HR_COLUMNS = ("index", "question", "answer", "image")
 _IMAGE_MAGIC = (
@@ -180,7 +180,9 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, int | None, dict[str, Any]]]:
     previous_limit = csv.field_size_limit()
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one cell holds a whole 8K JPEG
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
+        # surrogateescape: a byte that is not UTF-8 becomes a lone surrogate, found below, so it
+        # is the problem of its own row (a bad record) and not of the whole file.
+        with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             reader = csv.reader(handle, delimiter="\t")
             header = next(reader, None)
             if header is None:
@@ -197,7 +199,12 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, int | None, dict[str, Any]]]:
                     raise DatasetError(f"{path}: line {line}: not a readable TSV row ({error})") from None
                 if not any(cell.strip() for cell in cells):
                     continue
-                if len(cells) != len(header):
+                bad_text = next((cell for cell in cells if not _is_utf8(cell)), None)
+                if bad_text is not None:
+                    byte = bad_text.encode("utf-8", "surrogateescape")[_first_bad(bad_text)]
+                    problem = RecordProblem(f"the row is not UTF-8 text (byte 0x{byte:02x})", "save the file as UTF-8, or fix or remove this row")
+                    yield position, line, {"index": safe_text(cells[names["index"]]) if len(cells) > names["index"] else None, _ROW_PROBLEM: problem}
+                elif len(cells) != len(header):
                     problem = RecordProblem(
                         f"the row has {len(cells)} cells but the header has {len(header)}",
                         "the file may be truncated or a cell holds an unquoted tab; re-download it",
@@ -208,6 +215,18 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, int | None, dict[str, Any]]]:
                 position += 1
     finally:
         csv.field_size_limit(previous_limit)
+
+
+def _is_utf8(cell: str) -> bool:
+    return cell.isascii() or not any("\udc80" <= char <= "\udcff" for char in cell)
+
+
+def _first_bad(cell: str) -> int:
+    """The byte offset of the first undecodable byte in a surrogateescape-decoded cell."""
+    for position, char in enumerate(cell):
+        if "\udc80" <= char <= "\udcff":
+            return len(cell[:position].encode("utf-8", "surrogateescape"))
+    return 0
 
 
 def _column_names(path: Path, header: list[str]) -> dict[str, int]:

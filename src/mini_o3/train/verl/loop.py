@@ -1,0 +1,70 @@
+"""The Mini-o3 agent loop for verl: registered as "mini_o3" (unless a config file already did).
+
+verl imports it from the agent-loop config file (configs/verl/agent_loop.yaml names this
+class as `_target_`), so only verl's workers ever import it; the rest of mini_o3 never does.
+Read against verl 0.9.1 (verl/experimental/agent_loop/agent_loop.py): `AgentLoopBase.__init__`
+(trainer_config, server_manager, tokenizer, processor, dataset_cls, data_config, ...),
+`run(sampling_params, **row) -> AgentLoopOutput`, and `register(name)`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+try:
+    from verl.experimental.agent_loop.agent_loop import (
+        AgentLoopBase,
+        AgentLoopMetrics,
+        AgentLoopOutput,
+        _agent_loop_registry,
+        register,
+    )
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(f"mini_o3.train.verl.loop runs inside verl; install it with pip install 'mini-o3[verl]' ({error})") from error
+
+from mini_o3.policies.local import PromptEncoder
+from mini_o3.train.verl.episode import VerlEpisodeSettings, run_verl_episode
+from mini_o3.train.verl.rows import AGENT_NAME, row_to_sample
+
+_ENCODERS: dict[tuple[int, int], PromptEncoder] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def _encoder(tokenizer: Any, processor: Any) -> PromptEncoder:
+    # verl builds one loop object per rollout; the encoder (a tokenizer copy) is built once per worker.
+    key = (id(tokenizer), id(processor))
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = PromptEncoder(tokenizer, processor.image_processor)
+        return _ENCODERS[key]
+
+
+class MiniO3AgentLoop(AgentLoopBase):
+    """Runs one Mini-o3 zoom episode per dataset row and returns verl's output record."""
+
+    def __init__(self, trainer_config: Any, server_manager: Any, tokenizer: Any, processor: Any, **kwargs: Any) -> None:
+        self.settings = VerlEpisodeSettings.from_kwargs(kwargs)
+        kwargs.pop("name", None)  # the config file's entry name, passed along by hydra
+        super().__init__(trainer_config, server_manager, tokenizer, processor, **kwargs)
+        if processor is None or getattr(processor, "image_processor", None) is None:
+            raise ValueError("the mini_o3 agent loop needs a vision-language model with an image processor")
+        self.response_length = int(self.config.actor_rollout_ref.rollout.response_length)
+        self.encoder = _encoder(tokenizer, processor)
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+        """Run the episode of this row (a row written by `mini-o3 export verl`)."""
+        sample, overrides = row_to_sample(kwargs)
+        result = await run_verl_episode(
+            self.server_manager, self.encoder, self.tokenizer, self.settings, sample,
+            sampling_params, self.response_length, overrides,
+        )
+        metrics = AgentLoopMetrics(generate_sequences=result.generate_s, tool_calls=max(result.total_s - result.generate_s, 0.0))
+        return AgentLoopOutput(**result.output_fields(), metrics=metrics)
+
+
+# verl loads configs/verl/agent_loop.yaml into its registry first and imports this module while
+# instantiating that entry; registering unconditionally would replace the entry, settings and
+# all, with a bare one for every later rollout. So register only when no config did.
+if AGENT_NAME not in _agent_loop_registry:
+    register(AGENT_NAME)(MiniO3AgentLoop)

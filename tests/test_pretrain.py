@@ -45,7 +45,7 @@ def test_lr_warms_up_holds_and_decays() -> None:
     assert lr_at(config, 100) == pytest.approx(0.1)
 
 
-def test_pretrain_saves_a_loadable_checkpoint_and_resumes(tmp_path) -> None:
+def test_pretrain_saves_a_loadable_checkpoint_and_resumes(tmp_path, capsys) -> None:
     out = tmp_path / "base"
     run_pretrain(_config(out, 2))
     records = _log(out)
@@ -70,5 +70,9 @@ def test_pretrain_saves_a_loadable_checkpoint_and_resumes(tmp_path) -> None:
 
     with pytest.raises(PretrainError, match="other settings"):
         run_pretrain(PretrainConfig(**{**vars(_config(out, 4)), "lr": 1e-4}))
+    capsys.readouterr()
     assert main(["--out", str(out), "--steps", "3", "--batch-size", "2", "--grids", "2", "--image-sizes", "224",
                  "--n-eval", "2", "--eval-every", "2", "--log-every", "1", "--save-every-s", "0", "--warmup-steps", "1"]) == 0
+    shown = capsys.readouterr()
+    # the records are in the log, not on the console; the weight bars stay off it
+    assert '"event"' not in shown.out and "it/s]" not in shown.err and "pretrain" in shown.err

@@ -248,8 +248,12 @@ def synthesize(
     workers: int = 1,
     progress: bool = True,
     options: SynthOptions = SynthOptions(),
+    console: Any = None,
 ) -> SynthReport:
-    """Write `n` checked problems of `level` at `size` px (long side) under `out_dir`, resuming a partial set."""
+    """Write `n` checked problems of `level` at `size` px (long side) under `out_dir`, resuming a partial set.
+
+    The progress bar draws on `console` (a rich Console; default rich's own).
+    """
     if n < 0:
         raise SynthError(f"n must be at least 0, got {n}")
     if size < 64:
@@ -265,7 +269,7 @@ def synthesize(
     _claim(out, _config(level, size, seed, options))
     started = time.perf_counter()
     pending = [i for i in range(n) if not _done(out, i)]
-    _run(out, pending, level, size, seed, workers, options, progress, n)
+    _run(out, pending, level, size, seed, workers, options, progress, n, console)
     seconds = time.perf_counter() - started
     records = [json.loads(_record_path(out, i).read_text(encoding="utf-8")) for i in range(n)]
     write_json(out / DATA_FILE, records, indent=1)
@@ -296,10 +300,13 @@ def synthesize(
     return report
 
 
-def _run(out: Path, pending: list[int], level: str, size: int, seed: int, workers: int, options: SynthOptions, progress: bool, n: int) -> None:
+def _run(
+    out: Path, pending: list[int], level: str, size: int, seed: int, workers: int, options: SynthOptions, progress: bool, n: int, console: Any = None
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn(f"synth {level}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not progress) as bar:
+    columns = (TextColumn(f"synth {level}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, console=console) as bar:
         task = bar.add_task("synth", total=n, completed=n - len(pending))
         if workers == 1 or len(pending) <= 1:
             for index in pending:

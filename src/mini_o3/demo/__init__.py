@@ -1,4 +1,4 @@
-"""The demo: the whole recipe end to end on one CPU (`pipeline`), and the tiny base model's pre-training (`pretrain`)."""
+"""The demo: the whole recipe end to end on one CPU (`pipeline`), its page (`page`), and the tiny base model's pre-training (`pretrain`)."""
 
 from mini_o3.lazy import lazy_exports
 

@@ -5,7 +5,9 @@ over-turn masking (with `ablation`, RL each way, repeated) -> evaluate chance, t
 (the ceiling), the starting model, SFT and every RL model at every turn budget, overall and
 per level, Avg@K at temperature 1 as the paper -> one report (index.html, summary.json,
 summary.md). Each stage writes `<stage>/stage.json` when it finishes; running again skips
-finished stages. The demo world is the grid scan of `mini_o3.data.synth` (level "grid"): one
+finished stages. On the console a stage shows one progress line and one line of outcome;
+what it prints besides (job configs, summaries, library warnings) goes to `<stage>/stage.log`.
+The demo world is the grid scan of `mini_o3.data.synth` (level "grid"): one
 coloured shape hidden in one of G x G cells, small in the first view and large once its cell
 is zoomed. Levels follow the target's cell in reading order against the RL turn limit: hard
 targets need more turns than RL trains with, which is where over-turn masking matters.
@@ -15,17 +17,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from mini_o3.jsonl import write_json
 
-console = Console()
+STAGE_LOG = "stage.log"
+"""Everything a stage printed (job configs, summaries), with library warnings and log records, in its folder."""
 
 BASE_CHECKPOINT = Path(__file__).resolve().parents[3] / "checkpoints" / "base-tiny"
 """The committed base model (`mini-o3 pretrain`): a tiny Qwen2.5-VL that already sees the grid world."""
@@ -115,32 +121,51 @@ def demo_config(preset: str = "default", **overrides: Any) -> DemoConfig:
     return DemoConfig(preset=preset, **{**PRESETS[preset], **overrides})
 
 
-class Stages:
-    """Runs named stages once: a finished stage's `stage.json` makes it a no-op on reruns."""
+@contextmanager
+def stage_output(path: Path) -> Iterator[None]:
+    """While inside: prints, warnings, library log records go to `path`; library progress bars are off."""
+    from mini_o3.train.console import library_noise_to
 
-    def __init__(self, root: Path) -> None:
+    with library_noise_to(path) as log, redirect_stdout(log), redirect_stderr(log):
+        yield
+
+
+class Stages:
+    """Runs named stages once: a finished stage's `stage.json` makes it a no-op on reruns.
+
+    On the console a stage shows its own progress line (drawn on `console`) and one line when it
+    ends; whatever else it prints goes to `<stage>/stage.log`.
+    """
+
+    def __init__(self, root: Path, console: Console) -> None:
         self.root = root
+        self.console = console
         self.timings: dict[str, float] = {}
 
-    def run(self, name: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        """Run `work(stage_dir)` unless it finished before; return what it recorded."""
+    def run(self, name: str, work: Callable[[Path], dict[str, Any]], outcome: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
+        """Run `work(stage_dir)` unless it finished before; return what it recorded. `outcome` words the result in one line."""
         folder = self.root / name
         marker = folder / "stage.json"
         if marker.exists():
             record = json.loads(marker.read_text())
             origin = f" in {record['from']}" if record.get("from") else ""
-            console.print(f"[dim]stage {name}: done before{origin} ({record['seconds']:.0f} s), skipped[/dim]")
+            self.console.print(f"[dim]{name}: done before{origin} ({record['seconds']:.0f} s), skipped[/dim]")
             if not origin:  # another run's stage took none of this run's time
                 self.timings[name] = record["seconds"]
             return record["result"]
-        console.rule(f"stage {name}")
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        result = work(folder)
+        try:
+            with stage_output(folder / STAGE_LOG):
+                result = work(folder)
+        except BaseException:
+            self.console.print(f"[red]{name} did not finish[/red]; what it printed: {folder / STAGE_LOG}")
+            raise
         seconds = time.perf_counter() - start
         write_json(marker, {"seconds": seconds, "result": result})
         self.timings[name] = seconds
-        console.print(f"stage {name}: {seconds:.0f} s")
+        said = outcome(result) if outcome else ""
+        self.console.print(f"[green]✓[/green] {name} ({seconds:.0f} s){': ' + said if said else ''}")
         return result
 
 
@@ -156,8 +181,10 @@ def _synth_options(config: DemoConfig):
     return SynthOptions(grid=GridConfig(rows=config.grid, cols=config.grid), resize=_resize(config), contact_sheet=8)
 
 
-def run_demo(config: DemoConfig) -> dict[str, Any]:
-    """Run (or resume) every stage and print the summary table."""
+def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage and print the summary table (on `console`, stdout by default)."""
+    # Bound to today's stdout: each stage sends sys.stdout to its log while it runs.
+    console = console or Console(file=sys.stdout)
     root = Path(config.out)
     root.mkdir(parents=True, exist_ok=True)
     saved = root / "demo_config.json"
@@ -169,31 +196,86 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     if config.sft_from:
         adopt_sft(config, root)  # before the config is saved: a refused --sft-from leaves nothing behind
     console.rule("mini-o3 demo")
-    console.print_json(json.dumps(asdict(config)))
+    console.print(_settings_line(config, saved))
     write_json(saved, asdict(config))
-    stages = Stages(root)
+    stages = Stages(root, console)
 
-    base = stages.run("base", lambda folder: _stage_base(config, folder))
-    data = stages.run("data", lambda folder: _stage_data(config, folder))
-    cold = stages.run("collect", lambda folder: _stage_collect(config, folder, data["train"]))
-    sft = stages.run("sft", lambda folder: _stage_sft(config, folder, cold["sft"], base["model"]))
+    base = stages.run("base", lambda folder: _stage_base(config, folder), _base_outcome)
+    data = stages.run("data", lambda folder: _stage_data(config, folder, console), lambda _: f"{config.train_scenes} train and {config.test_scenes} test questions")
+    cold = stages.run("collect", lambda folder: _stage_collect(config, folder, data["train"], console), _collect_outcome)
+    sft = stages.run("sft", lambda folder: _stage_sft(config, folder, cold["sft"], base["model"], console), _sft_outcome)
     models = {"start": base["model"], "sft": sft["model"]}
-    logs = {}
+    logs = {"sft": _sft_log(sft["model"])}
     for name, mask, repeat in rl_runs(config):
-        rl = stages.run(name, lambda folder, mask=mask, repeat=repeat: _stage_rl(config, folder, data["train"], sft["model"], mask, repeat))
+        work = lambda folder, mask=mask, repeat=repeat: _stage_rl(config, folder, data["train"], sft["model"], mask, repeat, console)  # noqa: E731
+        rl = stages.run(name, work, _rl_outcome)
         models[name], logs[name] = rl["model"], rl["log"]
-    results = {"oracle": stages.run("eval_oracle", lambda folder: _stage_eval(config, folder, data["test"], None))}
+    results = {"oracle": stages.run("eval_oracle", lambda folder: _stage_eval(config, folder, data["test"], None, console, "oracle"), _eval_outcome)}
     for name, model in models.items():
-        results[name] = stages.run(f"eval_{name}", lambda folder, model=model: _stage_eval(config, folder, data["test"], model))
+        work = lambda folder, model=model, name=name: _stage_eval(config, folder, data["test"], model, console, name)  # noqa: E731
+        results[name] = stages.run(f"eval_{name}", work, _eval_outcome)
         if name in logs:
             results[name] = {**results[name], "log": logs[name]}
     summary = _summarise(config, results, stages.timings, data)
     write_json(root / "summary.json", summary)
     (root / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
     _write_page(root, summary)
-    _print_summary(summary)
+    print_summary(summary, console)
     console.print(f"report: {root / 'index.html'}")
+    console.print(f"what each stage printed: {root / '<stage>' / STAGE_LOG}")
     return summary
+
+
+def _settings_line(config: DemoConfig, saved: Path) -> str:
+    """The settings that shape the run, in a few words, and where all of them are."""
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'' if n == 1 else 's'}"
+
+    rl = f"{count(config.rl_steps, 'step')} of {config.rl_prompts_per_step} x {config.rl_generations} rollouts, lr {config.rl_learning_rate:g}"
+    masking = f"masking {'on and off' if config.ablation else 'on' if config.overturn_mask else 'off'}"
+    repeats = f" ({count(config.ablation_repeats, 'run')} each way)" if config.ablation else ""
+    return (
+        f"preset {config.preset}, seed {config.seed}: {config.grid}x{config.grid} grid world, {config.train_scenes} train and "
+        f"{config.test_scenes} test questions; SFT {count(config.sft_steps, 'step')} of {config.sft_batch}; RL {rl}, {masking}{repeats}; "
+        f"Avg@{config.eval_samples} at temperature {config.eval_temperature:g}. Every setting: {saved}"
+    )
+
+
+def _base_outcome(result: dict[str, Any]) -> str:
+    if result["from"] == "random":
+        return "[yellow]no base model found: a random tiny model (see `mini-o3 pretrain`)[/yellow]"
+    return f"from {result['from']}"
+
+
+def _collect_outcome(result: dict[str, Any]) -> str:
+    return f"{result['accepted']} oracle scans kept for SFT"
+
+
+def _sft_log(model: str) -> str:
+    """The step log beside an SFT run's final checkpoint."""
+    from mini_o3.train.sft import LOG_FILE
+
+    return str(Path(model).parent / LOG_FILE)
+
+
+def _sft_outcome(result: dict[str, Any]) -> str:
+    loss = training_row(_sft_log(result["model"]), SFT_SERIES)["loss"]
+    return f"loss {loss[0]:.3f} -> {loss[-1]:.3f} over {len(loss)} steps" if loss else ""
+
+
+def _rl_outcome(result: dict[str, Any]) -> str:
+    row = training_row(result["log"])
+    if not row["reward"]:
+        return ""
+    return f"reward {row['reward'][0]:.2f} -> {row['reward'][-1]:.2f}, masked {_mean(row['masked_share']):.0%} of rollouts"
+
+
+def _eval_outcome(result: dict[str, Any]) -> str:
+    from mini_o3.eval.report import read_metrics
+
+    metrics = read_metrics(result["run"])
+    runs = (metrics.get("runs_per_sample") or {}).get("max", 1)
+    return f"Avg@{runs} {_fmt(metrics.get('avg_at_k'))}"
 
 
 SHARED_STAGES = ("base", "data", "collect", "sft")
@@ -239,25 +321,23 @@ def _stage_base(config: DemoConfig, folder: Path) -> dict[str, Any]:
     target = folder / "model"
     if source.is_dir() and (source / "config.json").exists():
         shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("trainer_state", "*.pt", "log.jsonl"))
-        console.print(f"starting from the base model {source}")
         return {"model": str(target), "from": str(source)}
     build_tiny(target, seed=config.seed)
-    console.print("[yellow]no base model found: starting from a random tiny model (see `mini-o3 pretrain`)[/yellow]")
     return {"model": str(target), "from": "random"}
 
 
-def _stage_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
+def _stage_data(config: DemoConfig, folder: Path, console: Console | None = None) -> dict[str, Any]:
     from mini_o3.data.synth import synthesize
 
     options = _synth_options(config)
     # Train and test seeds are disjoint by construction: 2s+1 and 2s+2 never meet across s.
-    train = synthesize(folder / "train", config.train_scenes, "grid", config.image_size, 2 * config.seed + 1, options=options)
-    synthesize(folder / "test", config.test_scenes, "grid", config.image_size, 2 * config.seed + 2, options=options)
-    console.print(train.summary())
+    train = synthesize(folder / "train", config.train_scenes, "grid", config.image_size, 2 * config.seed + 1, options=options, console=console)
+    test = synthesize(folder / "test", config.test_scenes, "grid", config.image_size, 2 * config.seed + 2, options=options, console=console)
+    print(f"{train.summary()}\n{test.summary()}")
     return {"train": str(folder / "train"), "test": str(folder / "test")}
 
 
-def _stage_collect(config: DemoConfig, folder: Path, train: str) -> dict[str, Any]:
+def _stage_collect(config: DemoConfig, folder: Path, train: str, console: Console | None = None) -> dict[str, Any]:
     from mini_o3.coldstart.collect import CollectConfig, collect
     from mini_o3.coldstart.oracle import PatternMix
 
@@ -267,13 +347,14 @@ def _stage_collect(config: DemoConfig, folder: Path, train: str) -> dict[str, An
             max_turns=config.eval_turns, max_pixels=config.view_pixels, min_pixels=min(config.view_pixels, 56 * 56),
             seed=config.seed, out=str(folder), concurrency=4, max_one_turn_share=1.0, oracle_grid_wording="terse",
             oracle_mix=PatternMix(grid_give_up=config.cold_start_give_up),
-        )
+        ),
+        console=console,
     )
-    console.print(report.summary())
-    return {"sft": str(folder / "sft"), "accepted": len(report.stats.get("accepted", [])) if isinstance(report.stats, dict) else None}
+    print(report.summary())
+    return {"sft": str(folder / "sft"), "accepted": report.accepted}
 
 
-def _stage_sft(config: DemoConfig, folder: Path, data: str, model: str) -> dict[str, Any]:
+def _stage_sft(config: DemoConfig, folder: Path, data: str, model: str, console: Console | None = None) -> dict[str, Any]:
     from mini_o3.train.config import SFTJobConfig
     from mini_o3.train.sft import run_sft
 
@@ -282,7 +363,7 @@ def _stage_sft(config: DemoConfig, folder: Path, data: str, model: str) -> dict[
         learning_rate=config.sft_learning_rate, per_device_batch_size=config.sft_batch, gradient_accumulation_steps=1,
         warmup_ratio=0.05, save_steps=max(25, config.sft_steps // 4), seed=config.seed, freeze_vision=False,
     )
-    final = run_sft(job)
+    final = run_sft(job, console)
     return {"model": str(final)}
 
 
@@ -297,7 +378,9 @@ def rl_runs(config: DemoConfig) -> list[tuple[str, bool, int]]:
     ]
 
 
-def _stage_rl(config: DemoConfig, folder: Path, train: str, model: str, overturn_mask: bool, repeat: int = 0) -> dict[str, Any]:
+def _stage_rl(
+    config: DemoConfig, folder: Path, train: str, model: str, overturn_mask: bool, repeat: int = 0, console: Console | None = None
+) -> dict[str, Any]:
     from mini_o3.train.config import RLJobConfig
     from mini_o3.train.rl import run_rl
 
@@ -309,11 +392,11 @@ def _stage_rl(config: DemoConfig, folder: Path, train: str, model: str, overturn
         image_min_pixels=min(config.view_pixels, 56 * 56), overturn_mask=overturn_mask, concurrency=32,
         policy_batch_size=32, save_steps=max(2, config.rl_steps // 3), seed=config.seed + repeat, freeze_vision=False,
     )
-    final = run_rl(job)
+    final = run_rl(job, console=console)
     return {"model": str(final), "overturn_mask": overturn_mask, "repeat": repeat, "log": str(folder / "train" / "log.jsonl")}
 
 
-def _stage_eval(config: DemoConfig, folder: Path, test: str, model: str | None) -> dict[str, Any]:
+def _stage_eval(config: DemoConfig, folder: Path, test: str, model: str | None, console: Console | None = None, name: str = "") -> dict[str, Any]:
     from mini_o3.eval.runner import EvalConfig, run_eval
     from mini_o3.coldstart.oracle import OraclePolicy
 
@@ -329,7 +412,8 @@ def _stage_eval(config: DemoConfig, folder: Path, test: str, model: str | None) 
         temperature=config.eval_temperature, max_new_tokens=160, seed=config.seed, max_pixels=config.view_pixels,
         min_pixels=min(config.view_pixels, 56 * 56), report_episodes=24,
     )
-    result = run_eval(eval_config, policy, console=console)
+    # Its messages go to the stage log (today's stdout), its progress bar to the demo's console.
+    result = run_eval(eval_config, policy, console=Console(file=sys.stdout), progress_console=console, label=f"eval {name}".strip())
     return {"run": str(result.run_dir)}
 
 
@@ -382,19 +466,29 @@ def model_row(config: DemoConfig, run_dir: str | Path, levels: dict[str, str]) -
     return row
 
 
-def training_row(log: str | Path) -> dict[str, Any]:
-    """What an RL run's log says about its rollouts: over-turn share, reward and turns per step."""
-    from mini_o3.jsonl import iter_records
+RL_SERIES = {
+    "reward": "reward", "over_turn_share": "rollouts/over_turn_share", "masked_share": "rollouts/masked_share", "turns_mean": "rollouts/turns_mean",
+}
+"""What the summary keeps of an RL run's step log, per step: its name there and its key in the log."""
+SFT_SERIES = {"loss": "loss", "token_accuracy": "mean_token_accuracy"}
+"""What the summary keeps of the SFT step log, per step."""
 
-    steps = [record for record in iter_records(log) if "rollouts/over_turn_share" in record]
-    over = [float(record["rollouts/over_turn_share"]) for record in steps]
-    return {
-        "steps": len(steps),
-        "over_turn_share": over,
-        "over_turn_share_mean": sum(over) / len(over) if over else None,
-        "reward": [float(record.get("reward", 0.0)) for record in steps],
-        "turns_mean": [float(record.get("rollouts/turns_mean", 0.0)) for record in steps],
-    }
+
+def training_row(log: str | Path, series: dict[str, str] = RL_SERIES) -> dict[str, Any]:
+    """The per-step figures a training log holds (RL: reward, over-turn and masked shares, turns), and their step numbers.
+
+    A step counts when its record has the first series' key (the closing summary record has none).
+    """
+    from mini_o3.train.progress import read_log
+
+    first = next(iter(series.values()))
+    steps = [record for record in read_log(log) if record.get(first) is not None]
+    row: dict[str, Any] = {"steps": len(steps), "step": [int(record.get("step", index + 1)) for index, record in enumerate(steps)]}
+    for name, key in series.items():
+        row[name] = [float(record.get(key) or 0.0) for record in steps]
+    if "over_turn_share" in row:
+        row["over_turn_share_mean"] = _mean(row["over_turn_share"])
+    return row
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -433,7 +527,7 @@ def _summarise(config: DemoConfig, results: dict[str, dict[str, Any]], timings: 
     for name, result in results.items():
         rows[name] = model_row(config, result["run"], levels)
         if result.get("log"):
-            rows[name]["training"] = training_row(result["log"])
+            rows[name]["training"] = training_row(result["log"], SFT_SERIES if name == "sft" else RL_SERIES)
     counts = {level: sum(value == level for value in levels.values()) for level in LEVELS}
     return {
         "config": asdict(config),
@@ -512,97 +606,56 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+CONSOLE_HEADERS = {
+    "accuracy (mean)": "accuracy\n(mean)", "over-turn share in training": "over-turn\nin training",
+    "turns of correct (mean / max)": "turns of\ncorrect\nmean / max", "turns of correct (mean)": "turns of\ncorrect", "over_turn": "over\nturn",
+}
+"""Console headers over two or three lines, so that the tables fit 80 columns; the page and summary.md keep one line."""
+
+
+def _console_header(column: str) -> str:
+    if column.startswith("budget "):
+        budget = int(column.split()[1])
+        return f"{budget}\nturn{'s' if budget > 1 else ''}"
+    if column.startswith("correct beyond "):
+        return column.replace("correct beyond ", "correct\nbeyond ").removesuffix(" turns")
+    return CONSOLE_HEADERS.get(column, column)
+
+
+def summary_tables(summary: dict[str, Any]) -> list[Table | str]:
+    """The console's tables (models; masking on against off with the ablation) with a note each, made to fit 80 columns."""
     config = summary["config"]
-    for title, (header, rows) in (
-        # three budgets keep the table readable in an 80-column terminal
+    levels = ", ".join(f"{level} {count}" for level, count in summary["levels"].items())
+    budgets = [1, config["rl_max_turns"], summary["eval_turns"]]
+    parts = [
         (
-            f"mini-o3 demo: Avg@{config['eval_samples']} on the held-out grid world (levels: {summary['levels']})",
-            models_table(summary, [1, config["rl_max_turns"], summary["eval_turns"]]),
+            f"Avg@{config['eval_samples']} on {config['test_scenes']} held-out questions ({levels})",
+            models_table(summary, budgets),
+            f"[dim]levels and all: within {summary['eval_turns']} turns; {', '.join(map(str, budgets))} turns: all questions within so many[/dim]",
         ),
-        ("over-turn masking on against off (mean over RL repeats)", masking_rows(summary)),
-    ):
+        ("Over-turn masking on against off (mean over RL runs)", masking_rows(summary), ""),
+    ]
+    shown: list[Table | str] = []
+    for title, (header, rows), note in parts:
         if not rows:
             continue
-        table = Table(title=title)
+        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, title_style="bold")
         for column in header:
-            table.add_column(column, justify="left" if column in ("model", "masking") else "right")
+            table.add_column(_console_header(column), justify="left" if column in ("model", "masking") else "right", no_wrap=True)
         for row in rows:
             table.add_row(*row)
-        console.print(table)
+        shown += [table, note] if note else [table]
+    return shown
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    """Print the summary tables and the stage times."""
+    for part in summary_tables(summary):
+        console.print(part)
     console.print(_stage_times(summary))
 
 
 def _write_page(root: Path, summary: dict[str, Any]) -> None:
-    import html
+    from mini_o3.demo.page import write_page
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    config, models = summary["config"], summary["models"]
-    figure, axes = plt.subplots(1, 1 + len(LEVELS), figsize=(16, 4), sharey=True)
-    for ax, level in zip(axes, (None, *LEVELS)):
-        for name, row in models.items():
-            curve = row.get("accuracy_by_budget") if level is None else row.get("by_level", {}).get(level, {}).get("accuracy_by_budget")
-            if curve:
-                style = "--" if name == "chance" else "-"
-                ax.plot(range(1, len(curve) + 1), curve, style, marker="o" if name != "chance" else None, markersize=3, label=name)
-        ax.axvline(config["rl_max_turns"], color="grey", linewidth=0.8, linestyle=":")
-        ax.set_title("all questions" if level is None else f"{level} ({summary['levels'].get(level, 0)} questions)")
-        ax.set_xlabel("turn budget")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"Avg@{config['eval_samples']}")
-    axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(root / "accuracy_by_budget.png", dpi=110)
-    plt.close(figure)
-
-    def table(header: list[str], rows: list[list[str]], links: list[str] | None = None) -> str:
-        head = "".join(f"<th>{html.escape(column)}</th>" for column in header) + ("<th></th>" if links else "")
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(value)}</td>" for value in row) + (f"<td>{links[i]}</td>" if links else "") + "</tr>"
-            for i, row in enumerate(rows)
-        )
-        return f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
-
-    links = [
-        f'<a href="{html.escape(str(Path(row["run"]).relative_to(root)))}/index.html">episodes</a>' if row.get("run") else ""
-        for row in models.values()
-    ]
-    parts = [
-        "<!doctype html><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' content=\"default-src 'self'; script-src 'none'\">",
-        "<title>mini-o3 demo</title><h1>mini-o3 demo</h1>",
-        f"<p>Held-out grid world: {config['test_scenes']} questions, {config['grid']}x{config['grid']} cells, "
-        f"Avg@{config['eval_samples']} at temperature {config['eval_temperature']} with up to {summary['eval_turns']} turns. "
-        f"Levels by where the target sits in reading order: easy and medium fit the {config['rl_max_turns']} RL training turns, "
-        "hard needs more (only test-time turns reach it).</p>",
-        table(*models_table(summary), links),
-        "<img src='accuracy_by_budget.png' alt='accuracy against turn budget, overall and per level' width='100%'>",
-    ]
-    if summary.get("masking"):
-        figure, ax = plt.subplots(figsize=(6, 3.5))
-        for name, row in models.items():
-            training = row.get("training")
-            if training and training["over_turn_share"]:
-                ax.plot(range(1, training["steps"] + 1), training["over_turn_share"], marker="o", label=name)
-        ax.set_xlabel("RL step")
-        ax.set_ylabel("over-turn share of rollouts")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(root / "over_turn_share.png", dpi=110)
-        plt.close(figure)
-        parts += [
-            "<h2>Over-turn masking on against off</h2>",
-            table(*masking_rows(summary)),
-            "<img src='over_turn_share.png' alt='over-turn share of RL rollouts per step'>",
-        ]
-    times = "".join(f"<tr><td>{html.escape(name)}</td><td>{seconds:.0f} s</td></tr>" for name, seconds in summary["stage_seconds"].items())
-    parts += [
-        f"<h2>Stage times</h2><table border=1 cellpadding=4>{times}<tr><th>total</th><th>{summary['total_seconds'] / 60:.1f} min</th></tr></table>",
-        f"<h2>Settings</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>",
-    ]
-    (root / "index.html").write_text("".join(parts), encoding="utf-8")
+    write_page(root, summary, models_table(summary), masking_rows(summary), STAGE_LOG)

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from rich.console import Console
+from rich.progress import TextColumn
 
 from mini_o3.agent import protocol
 from mini_o3.data.generate import make_problem
@@ -462,6 +464,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
     """Pretrain (or resume pretraining) the tiny model in config.out; the checkpoint directory."""
     from mini_o3.policies.local import PromptEncoder
     from mini_o3.models.tiny import build_tiny, load_checkpoint
+    from mini_o3.train.console import progress_line
 
     torch.set_num_threads(config.threads)
     out = Path(config.out)
@@ -496,13 +499,20 @@ def run_pretrain(config: PretrainConfig) -> Path:
     }
     log = (out / LOG_FILE).open("a", encoding="utf-8")
     started = time.time()
+    # The records go to the log; the console shows one progress line, and a line per evaluation.
+    console = Console(stderr=True)
+    bar = progress_line(console, TextColumn("{task.fields[figures]}"))
+    task = bar.add_task("pretrain", total=config.steps, completed=step, first=step, figures="loss -")
 
     def emit(record: dict[str, Any]) -> None:
         record["seconds"] = round(time.time() - started, 1)
-        line = json.dumps(record)
-        print(line, flush=True)
-        log.write(line + "\n")
+        log.write(json.dumps(record) + "\n")
         log.flush()
+        if record["event"] == "train":
+            bar.update(task, figures=f"loss {record['loss']:.3f}")
+        elif record["event"] == "eval":
+            exact = ", ".join(f"{group} {value:.0%}" for group, value in record["exact"].items())
+            console.print(f"step {record['step']}: held-out exact {exact}")
 
     stop = {"now": False}
 
@@ -522,6 +532,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
     last_save = time.time()
     losses: list[float] = []
     step_time = 0.0
+    bar.start()
     try:
         while step < config.steps and not stop["now"]:
             if config.max_minutes and time.time() - started > config.max_minutes * 60:
@@ -538,6 +549,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
             optimizer.step()
             losses.append(float(loss.detach()))
             step_time += time.time() - timer
+            bar.update(task, completed=step)
             if step % config.log_every == 0:
                 emit({"event": "train", "step": step, "loss": round(sum(losses) / len(losses), 4), "lr": round(lr_at(config, step), 6), "s_per_step": round(step_time / len(losses), 3)})
                 losses, step_time = [], 0.0
@@ -553,6 +565,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
         emit({"event": "save", "step": step, "final": step >= config.steps})
         write_card(out, config, step)
     finally:
+        bar.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         log.close()
@@ -634,9 +647,12 @@ def _field_doc(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m mini_o3.demo.pretrain --out DIR [settings]`: pretrain or resume."""
     args = _parser().parse_args(argv)
+    from mini_o3.train.console import LIBRARY_LOG, library_noise_to
+
     try:
         config = PretrainConfig(**vars(args))
-        out = run_pretrain(config)
+        with library_noise_to(Path(config.out) / LIBRARY_LOG):  # weight loading and saving bars, library warnings
+            out = run_pretrain(config)
     except PretrainError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -317,8 +317,13 @@ def _run_trajectories(
 # ---------------------------------------------------------------- the runner
 
 
-def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None) -> EvalResult:
-    """Evaluate `policy` as `config` says; resume whatever the run directory already holds."""
+def run_eval(
+    config: EvalConfig, policy: Policy, console: Console | None = None, progress_console: Console | None = None, label: str = "episodes"
+) -> EvalResult:
+    """Evaluate `policy` as `config` says; resume whatever the run directory already holds.
+
+    Messages go to `console`; the progress bar, named `label`, to `progress_console` (default `console`).
+    """
     from mini_o3.data.loading import load_dataset
 
     console = console or Console(stderr=True)
@@ -385,9 +390,9 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
         episode_policy = SeededPolicy(episode_policy, config.seed)
     writer = _Writer(store, run_dir / RESULTS_FILE, latest, results)
     try:
-        with _progress(console, config.progress) as progress:
-            task = progress.add_task("episodes", total=len(wanted), completed=resumed, errors=0, speed="")
-            errors_now = 0
+        with _progress(progress_console or console, config.progress) as progress:
+            task = progress.add_task(label, total=len(wanted), completed=resumed, errors=0, speed="", accuracy="")
+            errors_now = correct_now = 0
             for episode in run_episodes(episode_policy, _jobs(todo, by_id), config.episode_config(), config.concurrency):
                 # agent.run_episode leaves meta["run"] unset on an episode that failed before its first turn.
                 episode.trajectory.meta["run"] = episode.run
@@ -396,8 +401,10 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
                 ran += 1
                 turns += episode.trajectory.num_turns
                 errors_now += episode.trajectory.status == Status.ERROR
+                correct_now += rule_score(episode.trajectory).correct
                 elapsed = time.perf_counter() - started
-                progress.update(task, advance=1, errors=errors_now, speed=f"{turns / elapsed:.1f} turns/s" if elapsed > 0 else "")
+                speed = f"{turns / elapsed:.1f} turns/s" if elapsed > 0 else ""
+                progress.update(task, advance=1, errors=errors_now, speed=speed, accuracy=f"acc {correct_now / ran:.0%}")
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted after {ran} episodes; saving them; run the same command again to resume[/yellow]")
         raise
@@ -551,6 +558,7 @@ def _progress(console: Console, enabled: bool) -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[accuracy]}"),  # by the rules, over the episodes run now
         TextColumn("{task.fields[speed]}"),
         TextColumn("[red]{task.fields[errors]} errors"),
         TimeElapsedColumn(),

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+from rich.console import Console
 
 from mini_o3.agent.loop import Episode, run_episodes
 from mini_o3.agent.sample import Sample
@@ -52,6 +53,7 @@ from mini_o3.models.backbone import backbone_of
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
 from mini_o3.train import masking
 from mini_o3.train.config import RLJobConfig, config_json, require_backends
+from mini_o3.train.console import LIBRARY_LOG, Figure, library_noise_to, show_progress
 from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
 from mini_o3.train.rollouts import (
     PLACEHOLDER_TOKENS, PlaceholderGuard, Rewarder, RolloutGroup, episode_config, is_void, mini_o3_correctness, rollout_stats,
@@ -63,6 +65,8 @@ from mini_o3.train.vllm_policy import VLLMColocatePolicy
 LOG_FILE = "log.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
 CURVE_FILE = "learning_curve.png"
+RL_FIGURES = (Figure("reward", "reward", ".2f"), Figure("masked", "rollouts/masked_share", ".0%"))
+"""What the RL progress line shows besides the step: the mean reward and the share of rollouts masked out of the loss."""
 CURVE_SERIES = ("reward", "rollouts/over_turn_share", "rollouts/turns_mean", "groups/kept_share", "loss")
 
 
@@ -487,11 +491,15 @@ def rl_episode_settings(job: RLJobConfig) -> Any:
     )
 
 
-def run_rl(job: RLJobConfig, samples: Sequence[Sample] | None = None, rollout_policy: Policy | None = None) -> Path:
+def run_rl(
+    job: RLJobConfig, samples: Sequence[Sample] | None = None, rollout_policy: Policy | None = None, console: Console | None = None
+) -> Path:
     """Train `job.model_path` with GRPO on `job.data`; return the final checkpoint's folder.
 
     `samples` overrides the dataset; `rollout_policy` replaces the trained model as the
     rollout policy (for tests and off-policy experiments: the update stays on the model).
+    The console shows one progress line (on `console`, stderr by default); the step records go
+    to OUTPUT_DIR/log.jsonl and library warnings to OUTPUT_DIR/library.log.
     """
     for name in ("model_path", "output_dir"):
         if not getattr(job, name):
@@ -514,11 +522,19 @@ def run_rl(job: RLJobConfig, samples: Sequence[Sample] | None = None, rollout_po
         for path in [out / LOG_FILE, *out.glob("rollouts*.jsonl")]:
             if path.exists():
                 path.unlink()
+    with library_noise_to(out / LIBRARY_LOG):
+        return _train(job, samples, rollout_policy, resume, console)
+
+
+def _train(job: RLJobConfig, samples: Sequence[Sample] | None, rollout_policy: Policy | None, resume: str | None, console: Console | None) -> Path:
+    out = Path(job.output_dir)
     trainer = build_trainer(job, samples, rollout_policy)
+    line = show_progress(trainer, "RL", RL_FIGURES, console, job.optimizer_steps_per_rl_step())
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume)
     finally:
+        line.close()
         trainer.close()
     final = out / FINAL_DIR
     trainer.save_model(str(final))

@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from rich.console import Console
 
 from mini_o3.train.config import SFTJobConfig, config_json, require_backends
+from mini_o3.train.console import LIBRARY_LOG, Figure, library_noise_to, show_progress
 from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
 from mini_o3.train.tokenize import ConversationEncoder
 
 LOG_FILE = "log.jsonl"
 FINAL_DIR = "final"
+SFT_FIGURES = (Figure("loss", "loss"), Figure("token acc", "mean_token_accuracy", ".2f"))
+"""What the SFT progress line shows besides the step."""
 
 
 def rows_dataset(rows: Sequence[dict[str, Any]]) -> Any:
@@ -128,12 +132,12 @@ def _load_model(path: str, bf16: bool) -> tuple[Any, Any, Any]:
     return load_checkpoint(path, device="cpu", dtype=torch.bfloat16 if bf16 else torch.float32)
 
 
-def run_sft(config: SFTJobConfig) -> Path:
-    """Fine-tune `config.model_path` on `config.data`; return the final checkpoint's folder."""
-    from trl import SFTConfig, SFTTrainer
+def run_sft(config: SFTJobConfig, console: Console | None = None) -> Path:
+    """Fine-tune `config.model_path` on `config.data`; return the final checkpoint's folder.
 
-    from mini_o3.models.tiny import build_processor
-
+    The console shows one progress line (on `console`, stderr by default); the step records go to
+    OUTPUT_DIR/log.jsonl and library warnings to OUTPUT_DIR/library.log.
+    """
     for name in ("data", "model_path", "output_dir"):
         if not getattr(config, name):
             raise ValueError(f"SFT needs {name} (set it in the config or on the command line)")
@@ -142,6 +146,14 @@ def run_sft(config: SFTJobConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     print("SFT job configuration:\n" + config_json(config), flush=True)
     (out / "sft_config.json").write_text(config_json(config) + "\n")
+    with library_noise_to(out / LIBRARY_LOG):
+        return _fine_tune(config, out, console)
+
+
+def _fine_tune(config: SFTJobConfig, out: Path, console: Console | None) -> Path:
+    from trl import SFTConfig, SFTTrainer
+
+    from mini_o3.models.tiny import build_processor
 
     model, tokenizer, image_processor = _load_model(config.model_path, config.bf16)
     if config.freeze_vision:
@@ -203,8 +215,12 @@ def run_sft(config: SFTJobConfig) -> Path:
         data_collator=SFTCollator(encoder, tokenizer.pad_token_id),
         callbacks=[JsonlLogCallback(log_path, step_name="step"), SaveImageProcessorCallback(image_processor, episode)],
     )
+    line = show_progress(trainer, "SFT", SFT_FIGURES, console)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        line.close()
     final = out / FINAL_DIR
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():

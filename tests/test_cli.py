@@ -227,3 +227,24 @@ def test_collect_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
                            (["--rounds", "0"], "rounds must be at least 1")):
         result = runner.invoke(app, ["collect", "--data", f"jsonl:{data}", "--out", str(tmp_path / "c"), *options])
         assert result.exit_code == 2 and "Traceback" not in result.output and words in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["serve", "--model-path", "{missing}"], "does not exist"),
+        (["search", "{image}", "q", "--model-path", "{missing}"], "does not exist"),
+        (["sft", "--data", "{missing}", "--model-path", "{missing}", "--out", "{out}"], "does not exist"),
+        (["rl", "--data", "{missing}", "--model-path", "{missing}", "--out", "{out}"], "dataset path not found"),
+        (["serve", "--model-path", "{broken}"], "cannot read the episode settings"),
+    ],
+    ids=["serve-missing", "search-missing", "sft-missing", "rl-missing-data", "serve-broken-settings"],
+)
+def test_a_missing_checkpoint_or_dataset_is_one_line_and_exit_2(tmp_path, args, words):
+    Image.new("RGB", (64, 64)).save(tmp_path / "img.png")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "mini_o3_episode.json").write_text("{bad")
+    paths = {"missing": tmp_path / "nope", "image": tmp_path / "img.png", "out": tmp_path / "out", "broken": tmp_path / "broken"}
+    result = CliRunner().invoke(app, [arg.format(**paths) for arg in args])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and result.exception is None or isinstance(result.exception, SystemExit)

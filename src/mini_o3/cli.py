@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional
@@ -66,9 +68,25 @@ def build_policy(
         from mini_o3.policies.http import HttpPolicy
 
         return HttpPolicy([url.strip() for url in api.split(",") if url.strip()], model=model, api_key_env=api_key_env, **options)
+    from mini_o3.models.backbone import CheckpointError
     from mini_o3.policies.local import LocalPolicy
 
-    return LocalPolicy(model_path)
+    try:
+        return LocalPolicy(model_path)
+    except CheckpointError as error:
+        fail(str(error))
+
+
+@contextmanager
+def input_errors_as_one_line(*also: type[BaseException]) -> Iterator[None]:
+    """Turn errors that name a user's checkpoint or data (and `also`) into one line and exit 2."""
+    from mini_o3.data.benchmarks.common import DatasetError
+    from mini_o3.models.backbone import CheckpointError
+
+    try:
+        yield
+    except (CheckpointError, DatasetError, *also) as error:
+        fail(str(error))
 
 
 def check_context(max_context: int) -> None:
@@ -417,7 +435,8 @@ def sft(
     from mini_o3.train import load_preset, run_sft, with_overrides
 
     job = with_overrides(load_preset(config).sft, data=data, model_path=model_path, output_dir=out, **_job_overrides(set_))
-    final = run_sft(job)
+    with input_errors_as_one_line():
+        final = run_sft(job)
     console.print(f"SFT model: {final}")
 
 
@@ -453,7 +472,8 @@ def rl(
         console.print(f"from {model_path}/mini_o3_episode.json: {taken} (--set overrides any)")
         overrides = {**taken, **overrides}
     job = with_overrides(load_preset(config).rl, data=data, model_path=model_path, output_dir=out, **overrides)
-    final = run_rl(job)
+    with input_errors_as_one_line():
+        final = run_rl(job)
     console.print(f"RL model: {final}")
 
 
@@ -496,12 +516,13 @@ def serve(
 
     # Clients size the images they send; the server holds them to the pixels the model was
     # trained on, so that a client unaware of the checkpoint's settings still gets sane answers.
-    stored = read_episode_settings(model_path)
-    if stored is not None:
-        max_pixels = max_pixels or stored.view_max_pixels
-        min_pixels = min_pixels or min(stored.view_min_pixels, max_pixels)
-        console.print(f"serving with the processor held to {min_pixels:,}..{max_pixels:,} pixels (from {model_path}/mini_o3_episode.json unless flagged)")
-    policy = LocalPolicy(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
+    with input_errors_as_one_line(ValueError):
+        stored = read_episode_settings(model_path)
+        if stored is not None:
+            max_pixels = max_pixels or stored.view_max_pixels
+            min_pixels = min_pixels or min(stored.view_min_pixels, max_pixels)
+            console.print(f"serving with the processor held to {min_pixels:,}..{max_pixels:,} pixels (from {model_path}/mini_o3_episode.json unless flagged)")
+        policy = LocalPolicy(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
     serve_forever(policy, host=host, port=port, model=name, api_key=api_key, max_model_len=max_model_len)
 
 

@@ -123,7 +123,7 @@ def score_run(
     return records, errors
 
 
-def _write_results(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
+def write_results(run_dir: Path, records: Iterable[dict[str, Any]]) -> None:
     write_atomic(run_dir / RESULTS_FILE, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 

@@ -54,7 +54,7 @@ from mini_o3.eval.run_dir import (
     latest_trajectories,
     read_results,
 )
-from mini_o3.eval.run_scoring import _write_results, episode_results, result_record, rule_score, score_run, summarize_run
+from mini_o3.eval.run_scoring import write_results, episode_results, result_record, rule_score, score_run, summarize_run
 from mini_o3.agent.images import DEFAULT_IMAGE_PIXEL_LIMIT
 from mini_o3.jsonl import JsonlAppender, remove_stale_temporaries, repair_tail, write_atomic, write_json
 from mini_o3.eval.judge import JudgeConfig
@@ -275,7 +275,7 @@ def rescore(
     trajectories = _run_trajectories(run_dir, config, read_results(run_dir))
     mode = judge_mode or config.judge_mode
     records, _ = score_run(run_dir, trajectories, judge, mode, config.judge_concurrency, console)
-    _write_results(run_dir, records.values())
+    write_results(run_dir, records.values())
     saved = _saved_card(run_dir)  # a run made before cards has none, and gets none
     card = dict(saved, scoring=scoring_card(asdict(judge) if judge is not None else None, mode)) if saved else {}
     summary = summarize_run(run_dir, trajectories, records, config.max_turns, card)
@@ -415,7 +415,7 @@ def run_eval(
     trajectories = {key: latest[key] for key in wanted if key in latest}
     rules = {key: Score.from_dict(results[key]["rule"]) for key in trajectories}
     records, judge_errors = score_run(run_dir, trajectories, config.judge, config.judge_mode, config.judge_concurrency, console, rules)
-    _write_results(run_dir, records.values())
+    write_results(run_dir, records.values())
     summary = summarize_run(run_dir, trajectories, records, config.max_turns, card)
     statuses: dict[str, int] = {}
     for trajectory in trajectories.values():

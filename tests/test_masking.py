@@ -78,6 +78,16 @@ def test_a_void_truncated_rollout_is_trained_and_void_never_unmasks_an_error() -
         masking.rollout_weights(statuses, void=[True])
 
 
+def test_ignored_rollouts_are_masked_whatever_their_status_and_masking() -> None:
+    statuses = [Status.ANSWERED, Status.NO_ANSWER, Status.NO_ANSWER, Status.OVER_TURN, Status.ANSWERED]
+    ignored = [False, True, False, True, True]
+    for overturn_mask in (True, False):
+        weights = masking.rollout_weights(statuses, overturn_mask, void=[False, False, False, True, False], ignored=ignored)
+        assert weights.tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="ignored has 2 flags for 5"):
+        masking.rollout_weights(statuses, ignored=[True, False])
+
+
 @pytest.mark.parametrize(
     ("text", "unclosed"),
     [
@@ -265,3 +275,29 @@ def test_all_masked_batch_gives_a_zero_loss() -> None:
         loss, stats = masking.clipped_token_loss(logprobs, logprobs.detach(), torch.ones(2), torch.zeros(2, 3), aggregation=aggregation)
         loss.backward()
         assert loss.item() == 0.0 and stats.tokens == 0 and torch.all(logprobs.grad == 0)
+
+
+def _ended(status: Status, text: str, finish: str = "stop") -> "Trajectory":
+    from mini_o3.agent.trajectory import Trajectory, TurnRecord
+
+    zoom = TurnRecord(text='<think>Cell 1.</think><grounding>{"bbox_2d": [0, 0, 0.5, 0.5], "source": "original_image"}</grounding>', kind="zoom")
+    return Trajectory("s", "q", "x.png", (8, 8), status=status, turns=[zoom, TurnRecord(text=text, kind="none", finish_reason=finish)])
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "finish", "void"),
+    [
+        (Status.ANSWERED, "<think>Found it.</think>\n<answer>red</answer>", "stop", False),
+        (Status.ANSWERED, "<think>Found it.</think>\n<answer>red</answer> and more", "stop", True),  # the release's regex ends at </answer>
+        (Status.ANSWERED, "<think>Found it.</think>\n<answer>red</answer>", "length", True),
+        (Status.NO_ANSWER, "<think>", "stop", True),
+        (Status.NO_ANSWER, '<think>original_image"}</grounding>', "stop", True),
+        (Status.OVER_TURN, '<think>x</think><grounding>{"bbox_2d": [0, 0,', "length", True),
+        (Status.OVER_TURN, '<think>x</think><grounding>{"bbox_2d": [0, 0, 1, 1]}</grounding>', "stop", False),
+        (Status.ERROR, "<think>", "stop", False),
+    ],
+)
+def test_ends_void_follows_the_released_engine(status: Status, text: str, finish: str, void: bool) -> None:
+    from mini_o3.train.rollouts import ends_void
+
+    assert ends_void(_ended(status, text, finish)) is void

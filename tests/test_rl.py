@@ -524,6 +524,39 @@ def test_a_last_turn_cut_inside_grounding_is_void_trained_with_reward_zero(tiny_
 
 
 @slow
+def test_ignore_void_masks_rollouts_that_end_without_an_answer_or_action(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+    from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
+
+    closed = "<think>Closer.</think>" + protocol.render_zoom(protocol.Zoom((0.1, 0.1, 0.7, 0.7)))
+    for ignore in (True, False):
+        rng = random.Random(7)
+        lock = threading.Lock()
+
+        def turn(messages: list[dict]) -> Any:
+            if sum(1 for message in messages if message["role"] == "assistant") < 1:
+                return closed
+            with lock:
+                draw = rng.random()
+            return "<think>" if draw < 0.5 else "<think>It is red.</think><answer>red</answer>"
+
+        out = tmp_path / f"ignore-{ignore}"
+        config = job(tiny_dir, out, concurrency=1, dynamic_sampling=False, ignore_void=ignore)
+        trainer = build_trainer(config, samples, ScriptedPolicy(turn))
+        batch = trainer._generate_and_score_completions(rows(trainer, [0, 1]))
+        trainer.close()
+        records = [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
+        statuses = {record["status"] for record in records}
+        assert statuses == {"answered", "no_answer"}
+        for row, record in enumerate(records):
+            assert record["meta"]["ends_void"] == (record["status"] == "no_answer")
+            carries_loss = bool(batch["loss_mask"][row].sum() > 0)
+            assert carries_loss == (record["status"] == "answered" or not ignore)
+        # a void rollout's reward still counts in its group: the answered ones keep a positive advantage
+        answered = [record["meta"]["advantage"] for record in records if record["status"] == "answered" and record["meta"]["in_batch"]]
+        assert min(answered) >= 0 and max(answered) > 0
+
+
+@slow
 def test_a_sampled_image_placeholder_fails_its_episode_not_the_step(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
     from mini_o3.train.rl import LOG_FILE, ROLLOUTS_FILE, run_rl
 

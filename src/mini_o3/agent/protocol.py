@@ -201,7 +201,7 @@ def source_index(source: str) -> int:
 # took seconds). tests/test_protocol.py checks this on adversarial replies of 200 KB.
 GROUNDING_OPEN = "<grounding>"
 """The tag that opens an action (generation stops at STOP_STRING, which closes it)."""
-_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 _NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _LONGEST_NUMBER = 64
 """Longer strings are no coordinate (a float has 17 significant digits)."""
@@ -220,13 +220,13 @@ def extract_answer(text: str) -> str | None:
     # after it; when an <answer> has no </answer> after it, no later one has either.
     found, position = None, 0
     while True:
-        start = text.find(_ANSWER_OPEN, position)
+        start = text.find(ANSWER_OPEN, position)
         if start < 0:
             break
-        end = text.find(_ANSWER_CLOSE, start + len(_ANSWER_OPEN))
+        end = text.find(ANSWER_CLOSE, start + len(ANSWER_OPEN))
         if end < 0:
             break
-        found, position = text[start + len(_ANSWER_OPEN) : end], end + len(_ANSWER_CLOSE)
+        found, position = text[start + len(ANSWER_OPEN) : end], end + len(ANSWER_CLOSE)
     return None if found is None else found.strip()
 
 

@@ -129,6 +129,11 @@ class RLJobConfig:
     void_unclosed_grounding: bool = True
     """A truncated rollout whose last turn opened <grounding> and never closed it (cut by the token
     limit) is void, as in the release: reward 0 and trained. False masks it as over-turn."""
+    ignore_void: bool = False
+    """Mask void rollouts (the last turn made no zoom and gave no complete answer, or was cut by the
+    token limit) instead of training them with reward 0: the release's `ignore_void` switch
+    (ppo_trainer.yaml:75, dp_actor.py:325-328), off in its launch. Their reward still counts in
+    their group's statistics. The demo turns it on (docs/results.md says why)."""
     dynamic_sampling: bool = True
     """Drop groups whose rewards all agree and sample more questions to refill the step."""
     uniform_std: float = 1e-4

@@ -83,21 +83,28 @@ def unclosed_grounding(text: str) -> bool:
 
 
 def rollout_weights(
-    statuses: Iterable[Status | str], overturn_mask: bool = True, void: Iterable[bool] | None = None
+    statuses: Iterable[Status | str],
+    overturn_mask: bool = True,
+    void: Iterable[bool] | None = None,
+    ignored: Iterable[bool] | None = None,
 ) -> torch.Tensor:
     """1.0 for a rollout whose tokens carry loss, 0.0 for one masked out.
 
     With `overturn_mask` on, truncated rollouts (over_turn, over_context) are masked, except
     those `void` marks (last turn an unclosed `<grounding>`: trained with reward 0, as the
-    release). Error rollouts are masked either way.
+    release). Rollouts `ignored` marks are masked whatever their status (the release's
+    `ignore_void`). Error rollouts are masked either way.
     """
     statuses = [Status(status) for status in statuses]
     voids = [False] * len(statuses) if void is None else [bool(flag) for flag in void]
+    skips = [False] * len(statuses) if ignored is None else [bool(flag) for flag in ignored]
     if len(voids) != len(statuses):
         raise ValueError(f"void has {len(voids)} flags for {len(statuses)} rollouts")
+    if len(skips) != len(statuses):
+        raise ValueError(f"ignored has {len(skips)} flags for {len(statuses)} rollouts")
     weights = []
-    for status, is_void in zip(statuses, voids):
-        masked = status is Status.ERROR or (overturn_mask and status.truncated and not is_void)
+    for status, is_void, skip in zip(statuses, voids, skips):
+        masked = skip or status is Status.ERROR or (overturn_mask and status.truncated and not is_void)
         weights.append(0.0 if masked else 1.0)
     return torch.tensor(weights, dtype=torch.float32)
 

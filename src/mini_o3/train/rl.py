@@ -56,7 +56,7 @@ from mini_o3.train.config import RLJobConfig, config_json, require_backends
 from mini_o3.train.console import LIBRARY_LOG, Figure, library_noise_to, show_progress
 from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
 from mini_o3.train.rollouts import (
-    PLACEHOLDER_TOKENS, PlaceholderGuard, Rewarder, RolloutGroup, episode_config, is_void, mini_o3_correctness, rollout_stats,
+    PLACEHOLDER_TOKENS, PlaceholderGuard, Rewarder, RolloutGroup, ends_void, episode_config, is_void, mini_o3_correctness, rollout_stats,
 )
 from mini_o3.train.sft import FINAL_DIR, freeze_vision, last_checkpoint
 from mini_o3.train.tokenize import ConversationEncoder, EncodedConversation
@@ -240,7 +240,8 @@ def trainer_class() -> type:
             episodes = [episode for group in groups for episode in group.episodes]
             statuses = [episode.trajectory.status for episode in episodes]
             void = [self.job.void_unclosed_grounding and is_void(episode.trajectory) for episode in episodes]
-            weights = masking.rollout_weights(statuses, self.job.overturn_mask, void)
+            ignored = [self.job.ignore_void and ends_void(episode.trajectory) for episode in episodes]
+            weights = masking.rollout_weights(statuses, self.job.overturn_mask, void, ignored)
             weights = weights * torch.tensor(group_weights).repeat_interleave(n)
             encoded = [self.encoder.encode_episode(episode) for episode in episodes]
             batch = self._batch(encoded, advantages, weights)
@@ -329,6 +330,7 @@ def trainer_class() -> type:
                         "sample_index": group.sample_index,
                         "reward": reward,
                         "void": is_void(episode.trajectory),
+                        "ends_void": ends_void(episode.trajectory),
                         "in_batch": in_batch,
                         "advantage": float(advantages[row]) if in_batch else None,
                         "trained": bool(in_batch and weights[row] > 0),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from mini_o3.agent import protocol
 from mini_o3.agent.loop import Episode, EpisodeConfig
 from mini_o3.agent.policy import Generation, Policy, PolicyError, SamplingParams
 from mini_o3.agent.sample import Sample
@@ -104,6 +105,21 @@ def is_void(trajectory: Trajectory) -> bool:
     return trajectory.status.truncated and bool(trajectory.turns) and unclosed_grounding(trajectory.turns[-1].text)
 
 
+def ends_void(trajectory: Trajectory) -> bool:
+    """True for a rollout the release calls void: its last turn made no closed `<grounding>` call and
+    was cut by the token limit or does not end with a complete `<answer>...</answer>` (its engine,
+    `vllm_async_engine.py:727-731` at 8654dbf); a truncated rollout cut inside `<grounding>` too."""
+    if not trajectory.turns or trajectory.status is Status.ERROR:
+        return False
+    if is_void(trajectory):
+        return True
+    if trajectory.status.truncated:
+        return False
+    last = trajectory.turns[-1]
+    text = last.text.rstrip()
+    return last.finish_reason == "length" or not (text.endswith(protocol.ANSWER_CLOSE) and protocol.ANSWER_OPEN in text)
+
+
 def mini_o3_correctness(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
     """TRL's reward-function slot; rewards are computed on whole episodes by `Rewarder` instead."""
     raise RuntimeError("MiniO3GRPOTrainer scores episodes itself; this reward function is never called")
@@ -152,6 +168,7 @@ def rollout_stats(
         "rollouts/no_answer_share": statuses[Status.NO_ANSWER] / total,
         "rollouts/error_share": statuses[Status.ERROR] / total,
         "rollouts/void_share": sum(1 for episode in episodes if is_void(episode.trajectory)) / total,
+        "rollouts/ended_void_share": sum(1 for episode in episodes if ends_void(episode.trajectory)) / total,
         "rollouts/turns_mean": sum(count * number for count, number in turns.items()) / total,
         "rollouts/count": float(len(episodes)),
         "groups/sampled": float(len(sampled)),

@@ -553,6 +553,8 @@ def demo(
     ablation_repeats: Optional[int] = typer.Option(None, help="RL runs each way in the ablation (default 2; seeds seed, seed+1, ...)."),
     rl_steps: Optional[int] = typer.Option(None, help="RL steps (default: the preset's)."),
     rl_learning_rate: Optional[float] = typer.Option(None, help="RL learning rate (default: the preset's)."),
+    rl_max_turns: Optional[int] = typer.Option(None, help="Turn limit in RL training (default: the preset's)."),
+    train_void: bool = typer.Option(False, "--train-void", help="Train void rollouts with reward 0, as the release's launch does (the demo masks them: docs/results.md)."),
     sft_steps: Optional[int] = typer.Option(None, help="SFT optimizer steps (default: the preset's); fewer make an imperfect cold start."),
     sft_from: Optional[Path] = typer.Option(None, help="Reuse the data, cold start and SFT model of this finished demo run (same settings) and run only RL and evaluation: RL sweeps from one SFT model."),
     base: Optional[Path] = typer.Option(None, help="Start from this checkpoint instead of checkpoints/base-tiny, of any family (e.g. `mini-o3 pretrain --family qwen3-vl --out DIR`)."),
@@ -564,14 +566,18 @@ def demo(
         f"-sft{sft_steps}" if sft_steps is not None else "",
         f"-rl{rl_steps}" if rl_steps is not None else "",
         f"-lr{rl_learning_rate:g}" if rl_learning_rate is not None else "",
+        f"-turns{rl_max_turns}" if rl_max_turns is not None else "",
+        "-trainvoid" if train_void else "",
     ]
     name = f"demo-{preset}-s{seed}{'-ablation' if ablation else '-no-ablation' if ablation is False else ''}{'-nomask' if no_overturn_mask else ''}{''.join(tags)}"
     folder = out or Path("runs") / name
     overrides: dict[str, object] = {"out": str(folder), "seed": seed, "overturn_mask": not no_overturn_mask}
     optional = {
         "ablation": ablation, "ablation_repeats": ablation_repeats, "rl_steps": rl_steps, "rl_learning_rate": rl_learning_rate,
-        "sft_steps": sft_steps,
+        "sft_steps": sft_steps, "rl_max_turns": rl_max_turns,
     }
+    if train_void:
+        overrides["rl_ignore_void"] = False
     overrides.update({key: value for key, value in optional.items() if value is not None})
     if sft_from is not None:
         overrides["sft_from"] = str(sft_from)

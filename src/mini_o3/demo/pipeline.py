@@ -57,8 +57,9 @@ class DemoConfig:
     """Training questions (cold start and RL)."""
     test_scenes: int = 48
     """Held-out questions for evaluation."""
-    sft_steps: int = 450
-    """SFT optimizer steps."""
+    sft_steps: int = 200
+    """SFT optimizer steps: an imperfect cold start, as the paper's was (450 leave RL no headroom:
+    their failures are rare sampling accidents)."""
     sft_batch: int = 8
     """Conversations per SFT step."""
     sft_learning_rate: float = 2e-3
@@ -74,10 +75,18 @@ class DemoConfig:
     """Questions per RL step (after dynamic sampling)."""
     rl_generations: int = 8
     """Rollouts per question (the GRPO group)."""
-    rl_learning_rate: float = 5e-5
-    """RL learning rate. Measured at 2e-4: the hard level drifts toward early answers (see the README)."""
-    rl_max_turns: int = 6
-    """Turn limit in RL training (the paper's 6)."""
+    rl_learning_rate: float = 2e-4
+    """RL learning rate (with 8 optimizer steps per RL step; 5e-5 left the model where it was)."""
+    rl_max_turns: int = 8
+    """Turn limit in RL training (the paper's is 6 against 12-32 at test). Measured at 6, RL sharpened
+    the first six turns and the 10-turn searches broke beyond them (docs/results.md)."""
+    rl_mini_batch_prompts: int = 1
+    """Questions per optimizer step: 8 optimizer steps per RL step, as the release takes (batch 256,
+    mini-batch 32), so PPO's clipping bounds each step's move. One step per RL step (8) measured flat."""
+    rl_ignore_void: bool = True
+    """Mask void rollouts (no zoom and no answer on the last turn) instead of training them with
+    reward 0: the release's `ignore_void` switch, off in its launch. This world's failures are all
+    void derailments, and training them moved the model the wrong way (docs/results.md)."""
     overturn_mask: bool = True
     """Over-turn masking in RL (False for the ablation)."""
     ablation: bool = False
@@ -102,7 +111,7 @@ class DemoConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "long": {"train_scenes": 600, "test_scenes": 96, "sft_steps": 600, "rl_steps": 16, "rl_learning_rate": 1e-4, "ablation": True},
+    "long": {"train_scenes": 600, "test_scenes": 96, "sft_steps": 300, "rl_steps": 16, "ablation": True},
     "smoke": {
         "train_scenes": 16, "test_scenes": 6, "sft_steps": 6, "sft_batch": 4, "rl_steps": 1, "rl_prompts_per_step": 2,
         "rl_generations": 4, "ablation": True, "ablation_repeats": 1, "eval_samples": 2,
@@ -231,7 +240,10 @@ def _settings_line(config: DemoConfig, saved: Path) -> str:
     def count(n: int, noun: str) -> str:
         return f"{n} {noun}{'' if n == 1 else 's'}"
 
-    rl = f"{count(config.rl_steps, 'step')} of {config.rl_prompts_per_step} x {config.rl_generations} rollouts, lr {config.rl_learning_rate:g}"
+    rl = (
+        f"{count(config.rl_steps, 'step')} of {config.rl_prompts_per_step} x {config.rl_generations} rollouts, "
+        f"{config.rl_max_turns} turns, lr {config.rl_learning_rate:g}, void {'masked' if config.rl_ignore_void else 'trained'}"
+    )
     masking = f"masking {'on and off' if config.ablation else 'on' if config.overturn_mask else 'off'}"
     repeats = f" ({count(config.ablation_repeats, 'run')} each way)" if config.ablation else ""
     return (
@@ -282,7 +294,7 @@ SHARED_STAGES = ("base", "data", "collect", "sft")
 """The stages up to SFT, which `sft_from` takes from another run."""
 RL_SIDE_FIELDS = frozenset({
     "out", "preset", "sft_from", "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_learning_rate", "rl_max_turns",
-    "overturn_mask", "ablation", "ablation_repeats", "eval_samples", "eval_temperature",
+    "rl_mini_batch_prompts", "rl_ignore_void", "overturn_mask", "ablation", "ablation_repeats", "eval_samples", "eval_temperature",
 })
 """Settings that do not touch the stages up to SFT: a run may differ from its `sft_from` run in these only."""
 
@@ -386,11 +398,12 @@ def _stage_rl(
 
     job = RLJobConfig(
         data=f"synthetic:{train}", model_path=model, output_dir=str(folder / "train"), steps=config.rl_steps,
-        prompts_per_step=config.rl_prompts_per_step, mini_batch_prompts=config.rl_prompts_per_step,
+        prompts_per_step=config.rl_prompts_per_step, mini_batch_prompts=config.rl_mini_batch_prompts,
         num_generations=config.rl_generations, learning_rate=config.rl_learning_rate, max_turns=config.rl_max_turns,
         max_images=2 * config.rl_max_turns, max_new_tokens=160, image_max_pixels=config.view_pixels,
         image_min_pixels=min(config.view_pixels, 56 * 56), overturn_mask=overturn_mask, concurrency=32,
         policy_batch_size=32, save_steps=max(2, config.rl_steps // 3), seed=config.seed + repeat, freeze_vision=False,
+        ignore_void=config.rl_ignore_void,
     )
     final = run_rl(job, console=console)
     return {"model": str(final), "overturn_mask": overturn_mask, "repeat": repeat, "log": str(folder / "train" / "log.jsonl")}

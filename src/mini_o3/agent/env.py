@@ -177,7 +177,7 @@ class ZoomEnv:
             logprobs=generation.logprobs,
         )
         self.trajectory.turns.append(turn)
-        self._messages.append(protocol.assistant_message(text))
+        self._messages.append(protocol.assistant_message(text, generation.token_ids))
         if generation.prompt_tokens is not None and generation.completion_tokens is not None:
             self.context_tokens = generation.prompt_tokens + generation.completion_tokens
         else:

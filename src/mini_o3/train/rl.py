@@ -128,6 +128,7 @@ def trainer_class() -> type:
                         (unwrapped, self.mini_tokenizer, self.image_processor),
                         device=str(self.accelerator.device),
                         max_batch_size=self.job.policy_batch_size,
+                        engine=self.job.rollout_engine,
                     )
                 unwrapped.eval()
                 try:

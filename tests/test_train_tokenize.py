@@ -287,3 +287,40 @@ class AlternatingPolicy:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.model, name)
+
+
+@pytest.mark.slow
+def test_the_trainer_scores_each_sampled_id_as_it_was_sampled(tmp_path, encoder: ConversationEncoder, sample: Sample) -> None:
+    import json
+
+    from mini_o3.train.config import RLJobConfig
+    from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
+
+    other = Sample(id="s1", image=sample.image, question="Which shape is red?", answer="square")
+    job = RLJobConfig(
+        model_path=str(build_tiny(tmp_path / "model", seed=3)), output_dir=str(tmp_path / "out"), steps=1, prompts_per_step=2,
+        mini_batch_prompts=2, num_generations=4, micro_batch_size=2, max_turns=4, max_images=4, max_new_tokens=24,
+        image_max_pixels=224 * 224, image_min_pixels=56 * 56, dynamic_sampling=False, save_token_ids=True,
+        overturn_mask=False,  # every rollout keeps its loss mask
+    )
+    trainer = build_trainer(job, [sample, other])
+    _tilt(trainer.model, encoder, sample, "<grounding>", strength=10.0)  # turns go on: several turns, several images
+    batch = trainer._generate_and_score_completions([{"prompt": "q", "sample_index": index} for index in (0, 1) for _ in range(4)])
+    trainer.close()
+    records = [json.loads(line) for line in (tmp_path / "out" / ROLLOUTS_FILE).read_text().splitlines()]
+    assert max(len(record["turns"]) for record in records) >= 3
+    # Micro-batches of two rows, each run only as wide as its own rows (the trainer trims the step's padding).
+    patches = batch["image_grid_thw"].prod(dim=1).tolist()
+    for first in range(0, 8, 2):
+        rows = slice(first, first + 2)
+        images_before, images = sum(batch["num_images"][:first]), sum(batch["num_images"][rows])
+        part = {key: value[rows] for key, value in batch.items() if torch.is_tensor(value) and value.dim() and value.shape[0] == 8}
+        part["num_images"] = batch["num_images"][rows]
+        part["image_grid_thw"] = batch["image_grid_thw"][images_before : images_before + images]
+        start = sum(patches[:images_before])
+        part["pixel_values"] = batch["pixel_values"][start : start + sum(patches[images_before : images_before + images])]
+        with torch.no_grad():
+            scored = trainer._logprobs(trainer.model, part)
+        for row in range(2):
+            recorded = [value for turn in records[first + row]["turns"] for value in turn["logprobs"]]
+            assert torch.allclose(scored[row][part["loss_mask"][row] > 0], torch.tensor(recorded), atol=1e-4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 import pytest
 import torch
@@ -324,3 +326,52 @@ def test_the_trainer_scores_each_sampled_id_as_it_was_sampled(tmp_path, encoder:
         for row in range(2):
             recorded = [value for turn in records[first + row]["turns"] for value in turn["logprobs"]]
             assert torch.allclose(scored[row][part["loss_mask"][row] > 0], torch.tensor(recorded), atol=1e-4)
+
+
+@dataclass
+class Logprob:
+    """vLLM's per-token log-prob record (the one field read)."""
+
+    logprob: float
+
+
+@dataclass
+class Completion:
+    """The fields of vLLM's CompletionOutput that a rollout turn is built from (vLLM does not run on CPU machines)."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[dict[int, Logprob]]
+    finish_reason: str = "stop"
+
+
+def test_vllm_turns_continue_from_the_ids_vllm_sampled(encoder: ConversationEncoder, sample: Sample) -> None:
+    from mini_o3.agent.env import ZoomEnv
+    from mini_o3.train.vllm_policy import generation_from_output, vllm_request
+
+    prompt_encoder = encoder.prompt_encoder
+    env = ZoomEnv(sample, Limits(max_turns=4), SMALL, prompt_encoder.count_tokens)
+    box_end = prompt_encoder._backend.token_to_id("<|box_end|>")
+    # vLLM's ids for a zoom: character by character (not the canonical split), a special token
+    # mid-turn, and a last token that runs past the stop string (the text stops at "</grounding>").
+    zoom = [token for char in ZOOM[:10] for token in prompt_encoder.encode_text(char)] + [box_end]
+    zoom += prompt_encoder.encode_text(ZOOM[10:] + "\n")
+    answer = [token for char in ANSWER for token in prompt_encoder.encode_text(char)] + [encoder.im_end_id]
+    prompts = []
+    for ids, text in ((zoom, ZOOM), (answer, ANSWER)):
+        row, settings = vllm_request(prompt_encoder.encode(env.messages()), [view.image for view in env.views], SamplingParams())
+        assert settings["include_stop_str_in_output"] and settings["stop"] == [protocol.STOP_STRING]
+        assert len(row["multi_modal_data"]["image"] if len(env.views) > 1 else [row["multi_modal_data"]["image"]]) == len(env.views)
+        prompts.append(row["prompt_token_ids"])
+        output = Completion(ids, text, [{token: Logprob(-0.5)} for token in ids])
+        env.step(generation_from_output(output, len(row["prompt_token_ids"]), 0.1))
+    assert [turn.token_ids for turn in env.trajectory.turns] == [zoom, answer]
+    assert env.trajectory.turns[1].logprobs == [-0.5] * len(answer)
+    from mini_o3.agent.loop import Episode
+
+    encoded = encoder.encode_episode(Episode(env.trajectory, env.views))
+    assert _runs(encoded.input_ids, encoded.assistant_mask, 1) == [zoom, answer]
+    # The second prompt is the first, the ids vLLM sampled, the closing tokens and the observation.
+    assert prompts[1][: len(prompts[0]) + len(zoom)] == prompts[0] + zoom
+    assert prompts[1] == encoded.input_ids[: len(prompts[1])]
+    assert prompt_encoder.encode_text(encoder.decode(zoom)) != zoom  # re-tokenised text would differ

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
+import io
 import json
 import os
 import re
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from mini_o3.agent import protocol
 from mini_o3.eval.runner import (
@@ -331,7 +336,11 @@ def test_rescore_with_a_judge_keeps_both_scores_and_caches_verdicts(tmp_path: Pa
     assert requests == 4  # one per distinct (question, truth, answer), not one per run
     rescore(run, judge=judge, report=False)
     assert judge_server.chat_requests == requests
-    assert rescore(run, report=False)["avg_at_k"] == 0.0  # rules only again
+    card = json.loads((run / "metrics.json").read_text())["protocol"]
+    assert card["scoring"]["judge"] == {"model": "judge", "base_url": judge_url, "mode": "rescue", "rubric_version": "1"}
+    assert card["data"] == first.metrics["protocol"]["data"]  # the rest of the card is the run's
+    again = rescore(run, report=False)
+    assert again["avg_at_k"] == 0.0 and again["protocol"]["scoring"]["judge"] is None  # rules only again
 
 
 def test_judge_in_the_run_rescues_only_rule_misses(tmp_path: Path, serve) -> None:
@@ -436,3 +445,230 @@ def test_tiny_model_end_to_end_through_a_loopback_server(tmp_path: Path, serve) 
     assert (tmp_path / "run" / "index.html").is_file()
     turns = [turn for t in latest_trajectories(tmp_path / "run").values() for turn in t.turns]
     assert all(turn.completion_tokens is not None and turn.completion_tokens <= 12 for turn in turns)
+
+
+# ---------------------------------------------------------------- the protocol card
+
+
+def test_every_run_carries_its_protocol_card(tmp_path: Path, serve) -> None:
+    data = make_dataset(tmp_path / "data")
+    _, url = serve(zoom_then_red())
+    console = Console(record=True, width=200, file=io.StringIO())
+    result = run_eval(config(data, tmp_path / "run", temperature=0.7, limit=4), HttpPolicy([url], model="mini-o3"), console=console)
+    card = result.metrics["protocol"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["protocol"] == card
+    assert card["model"]["model"] == "mini-o3" and card["model"]["endpoints"] == HttpPolicy([url], model="m").base_urls
+    assert card["model"]["policy"].startswith("HttpPolicy(")
+    assert card["prompt"]["mode"] == "zoom" and card["prompt"]["system_prompt"] == protocol.SYSTEM_PROMPT
+    assert card["prompt"]["system_prompt_sha256"] == hashlib.sha256(protocol.SYSTEM_PROMPT.encode()).hexdigest()
+    assert card["images"] == {"max_pixels": 160 * 120, "min_pixels": 28 * 28, "refuse_originals_over": result.metrics["protocol"]["images"]["refuse_originals_over"]}
+    assert card["sampling"]["K"] == 2 and card["sampling"]["temperature"] == 0.7 and card["budget"]["max_turns"] == 6
+    assert card["scoring"]["judge"] is None and "rules v" in card["scoring"]["rules"]
+    data_file = tmp_path / "data" / "data.json"
+    assert card["data"]["sha256"] == hashlib.sha256(data_file.read_bytes()).hexdigest()
+    assert (card["data"]["questions"], card["data"]["limit"], card["data"]["kind"]) == (4, 4, "json")
+    assert card["options"]["order"].startswith("as in the data file") and card["options"]["open_questions"] == 4
+    shown = console.export_text()
+    assert shown.count("protocol card") == 2 and card["data"]["sha256"][:16] in shown  # at the start and at the end
+    # Other questions, another hash: the card tells two runs on different data apart.
+    other = run_eval(config(data, tmp_path / "other", limit=5), HttpPolicy([url], model="mini-o3"), console=Console(file=io.StringIO()))
+    assert other.metrics["protocol"]["data"]["sha256"] == card["data"]["sha256"]
+    assert other.metrics["protocol"]["data"]["questions_sha256"] != card["data"]["questions_sha256"]
+
+
+def test_the_card_hashes_a_dataset_folder_and_counts_right_letters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = vstar_folder(tmp_path / "vstar_bench")
+    result = run_eval(config(f"vstar:{root}", tmp_path / "run", samples=1), ScriptedPolicy(["<answer>A</answer>"]))
+    card = result.metrics["protocol"]
+    assert card["data"]["covers"].startswith("3 data files")  # test_questions.jsonl and two annotation files, not the images
+    assert card["options"]["right_letter"] == {"A": 1, "B": 1}
+    (root / "direct_attributes" / "sa_1.json").write_text("{}")
+    again = run_eval(config(f"vstar:{root}", tmp_path / "again", samples=1), ScriptedPolicy(["<answer>A</answer>"]))
+    assert again.metrics["protocol"]["data"]["sha256"] != card["data"]["sha256"]
+    # The first run cannot be resumed on the changed data: its episodes answered other questions.
+    with pytest.raises(RunDirError, match="was run on other data"):
+        run_eval(config(f"vstar:{root}", tmp_path / "run", samples=1), ScriptedPolicy(["<answer>A</answer>"]))
+
+
+# ---------------------------------------------------------------- the no-zoom baseline
+
+
+class Recording(ScriptedPolicy):
+    """A scripted policy that keeps every conversation it was shown."""
+
+    def __init__(self, script: Any) -> None:
+        super().__init__(script)
+        self.seen: list[list[dict[str, Any]]] = []
+
+    def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams = SamplingParams()) -> Generation:
+        self.seen.append(messages)
+        return super().generate(messages, sampling)
+
+
+def test_the_no_zoom_baseline_offers_no_zoom_and_answers_from_the_first_view(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", count=4)
+    zoom_policy, direct_policy = Recording(lambda m: "<answer>red</answer>"), Recording(lambda m: "<answer>red</answer>")
+    run_eval(config(data, tmp_path / "zoom", max_turns=3), zoom_policy)
+    result = run_eval(config(data, tmp_path / "direct", prompt="direct", max_turns=1), direct_policy)
+    assert result.metrics["avg_at_k"] == 0.5 and result.metrics["protocol"]["prompt"]["mode"] == "direct"
+    systems = {messages[0]["content"][0]["text"] for messages in direct_policy.seen}
+    assert systems == {protocol.DIRECT_SYSTEM_PROMPT}
+    assert "grounding" not in protocol.DIRECT_SYSTEM_PROMPT and "zoom" not in protocol.DIRECT_SYSTEM_PROMPT
+    assert "<answer>" in protocol.DIRECT_SYSTEM_PROMPT and protocol.SYSTEM_PROMPT.startswith(protocol.DIRECT_SYSTEM_PROMPT.split(" Once")[0])
+    # Everything but the system prompt is the zoom run's: the same image and question.
+    assert [m[1:] for m in direct_policy.seen] and all(len(m) == 2 for m in direct_policy.seen)
+    first_zoom = {messages[1]["content"][1]["text"] for messages in zoom_policy.seen}
+    assert {messages[1]["content"][1]["text"] for messages in direct_policy.seen} == first_zoom
+    assert all(t.meta["prompt"] == "direct" for t in latest_trajectories(tmp_path / "direct").values())
+    # A model that zooms anyway is cut off without an answer.
+    stubborn = run_eval(config(data, tmp_path / "stubborn", prompt="direct", max_turns=1), ScriptedPolicy([ZOOM]))
+    assert stubborn.statuses == {"over_turn": 8} and stubborn.metrics["avg_at_k"] == 0.0
+    with pytest.raises(ValueError, match="set max_turns to 1"):
+        config(data, tmp_path / "x", prompt="direct", max_turns=2)
+    with pytest.raises(ValueError, match="prompt must be one of"):
+        config(data, tmp_path / "x", prompt="nozoom")
+    with pytest.raises(RunDirError, match="prompt"):
+        run_eval(config(data, tmp_path / "direct", max_turns=1), direct_policy)
+
+
+# ---------------------------------------------------------------- HR-Bench rotations and V* targets, from files in the published formats
+
+HR_HEADER = ["index", "question", "answer", "category", "A", "B", "C", "D", "cycle_category", "image"]
+
+
+def jpeg_base64(size: tuple[int, int], colour: tuple[int, int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def hrbench_tsv(path: Path) -> Path:
+    """hr_bench_4k.tsv as DreamMr/HR-Bench ships it: two questions, each in its four option rotations."""
+    rows = []
+    for number, (question, category, options, colour) in enumerate(
+        [("What is written on the sign?", "single", ["EXIT", "EXAM", "EDIT", "EXILE"], (10, 120, 10)),
+         ("How many boats are there?", "cross", ["3", "2", "4", "5"], (10, 10, 120))]
+    ):
+        image = jpeg_base64((160, 90), colour)
+        for cycle in range(4):
+            rotated = options[-cycle:] + options[:-cycle] if cycle else options
+            rows.append([4 * number + cycle, question, "ABCD"[rotated.index(options[0])], category, *rotated, cycle, image])
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(HR_HEADER)
+        writer.writerows(rows)
+    return path
+
+
+def test_hrbench_is_scored_over_its_rotations_beside_plain_accuracy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINI_O3_CACHE", str(tmp_path / "cache"))
+    path = hrbench_tsv(tmp_path / "hr_bench_4k.tsv")
+
+    def letter_a_or_exit(messages: list[dict[str, Any]]) -> str:
+        # Always "A", except that the sign question is read right in every rotation.
+        question = messages[1]["content"][1]["text"]
+        if "sign" in question:
+            letter = next(line[1] for line in question.splitlines() if line.endswith(") EXIT"))
+            return f"<answer>{letter}</answer>"
+        return "<answer>A</answer>"
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    result = run_eval(config(f"hrbench:{path}", tmp_path / "run", samples=2, max_turns=2), ScriptedPolicy(letter_a_or_exit), console=console)
+    assert "HR-Bench score (mean over its option rotations) 62.5% (rotations 100.0, 50.0, 50.0, 50.0)" in console.export_text()
+    rotation = result.metrics["rotation"]
+    assert rotation["cycles"] == {"0": 1.0, "1": 0.5, "2": 0.5, "3": 0.5}  # the boats answer is A only in rotation 0
+    assert rotation["average"] == 0.625 == result.metrics["avg_at_k"] == rotation["plain"]
+    assert rotation["by_category"]["single"]["average"] == 1.0 and rotation["by_category"]["cross"]["average"] == 0.25
+    assert rotation["all_rotations"] == 0.5 and rotation["questions"] == 2 and rotation["complete_groups"] == 2
+    assert "rotations" in result.metrics["protocol"]["options"]["rotations"]
+    assert result.metrics["protocol"]["options"]["right_letter"] == {"A": 2, "B": 2, "C": 2, "D": 2}
+
+
+def vstar_folder(root: Path) -> Path:
+    """craigwu/vstar_bench's layout: test_questions.jsonl, images, and a <stem>.json with target boxes [x, y, w, h]."""
+    lines = [
+        {"image": "direct_attributes/sa_1.jpg", "text": "What is the colour of the cup?\n(A) red\n(B) blue\n(C) green\n(D) white\n"
+         "Answer with the option's letter from the given choices directly.", "category": "direct_attributes", "question_id": "0", "label": "A"},
+        {"image": "relative_position/sa_2.jpg", "text": "Is the cup on the left or right of the dog?\n(A) left\n(B) right\n"
+         "Answer with the option's letter from the given choices directly.", "category": "relative_position", "question_id": "1", "label": "B"},
+    ]
+    for line, box in zip(lines, ([[10, 20, 30, 40]], [[10, 20, 30, 40], [100, 70, 10, 10]])):
+        image = root / line["image"]
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (120, 90), (90, 90, 90)).save(image)
+        image.with_suffix(".json").write_text(json.dumps({"target_object": ["cup"], "bbox": box, "options": ["x", "y"]}))
+    (root / "test_questions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root
+
+
+def test_search_behaviour_on_vstar_counts_crops_on_the_annotated_target(tmp_path: Path) -> None:
+    root = vstar_folder(tmp_path / "vstar_bench")
+    on_target = protocol.render_zoom(protocol.Zoom((0.0, 0.0, 0.5, 0.8)))  # pixels (0, 0, 60, 72): holds box (10, 20, 40, 60)
+    away = protocol.render_zoom(protocol.Zoom((0.6, 0.0, 1.0, 0.5)))  # pixels (72, 0, 119, 45): holds neither box
+    policy = ScriptedPolicy([on_target, away, on_target, "<answer>A</answer>"])
+    console = Console(record=True, width=200, file=io.StringIO())
+    result = run_eval(config(f"vstar:{root}", tmp_path / "run", samples=1), policy, console=console)
+    assert "zooms per episode 3.00; 33.3% of zooms repeat a box already seen; 66.7% hold the annotated target" in console.export_text()
+    search = result.metrics["search"]
+    assert search["zooms"] == 6 and search["repeated_zooms"] == 2  # the third crop repeats the first in each episode
+    assert search["target"]["zooms_on_target"] == 4 and search["target"]["episodes_that_found_it"] == 1.0
+    assert search["target"]["accuracy_when_found"] == 0.5 and search["target"]["accuracy_when_not_found"] is None
+    trajectory = latest_trajectories(tmp_path / "run")[("1", 0)]
+    assert trajectory.meta["target_boxes"] == [[10.0, 20.0, 40.0, 60.0], [100.0, 70.0, 110.0, 80.0]]
+
+
+# ---------------------------------------------------------------- gained and lost: the baseline against the zoom run
+
+
+def zoom_helps_odd_questions(messages: list[dict[str, Any]]) -> str:
+    """Without the zoom tool: answer "blue" (right for even ids). With it: zoom once, then "red" (right for odd ids)."""
+    if "zoom" not in messages[0]["content"][0]["text"]:
+        return "<answer>blue</answer>"
+    done = sum(1 for message in messages if message["role"] == "assistant")
+    return ZOOM if done == 0 else "<answer>red</answer>"
+
+
+def test_compare_shows_per_question_what_the_zooms_gained_and_lost(tmp_path: Path) -> None:
+    from mini_o3.eval.compare import compare_questions, write_comparison
+
+    data = make_dataset(tmp_path / "data", count=5)
+    baseline, zoomed = tmp_path / "baseline", tmp_path / "zoom"
+    run_eval(config(data, baseline, prompt="direct", max_turns=1), ScriptedPolicy(zoom_helps_odd_questions))
+    run_eval(config(data, zoomed, max_turns=3), ScriptedPolicy(zoom_helps_odd_questions))
+    changes = compare_questions(baseline, zoomed)
+    assert [item["sample_id"] for item in changes["gained"]] == ["q1", "q3"]
+    assert [item["sample_id"] for item in changes["lost"]] == ["q0", "q2", "q4"]
+    assert changes["gain_pp"] == pytest.approx(40.0) and changes["loss_pp"] == pytest.approx(-60.0)
+    assert changes["avg_b"] - changes["avg_a"] == pytest.approx((changes["gain_pp"] + changes["loss_pp"]) / 100)
+    assert changes["gained"][0]["answers_a"] == "blue x2" and changes["gained"][0]["answers_b"] == "red x2"
+    assert (changes["gained_after_a_zoom"], changes["lost_after_a_zoom"]) == (2, 3)  # every B run zoomed once
+    assert read_results(zoomed)[("q1", 0)]["zooms"] == 1 and read_results(baseline)[("q1", 0)]["zooms"] == 0
+    assert {item["setting"] for item in changes["card_differences"]} >= {"prompt.mode", "budget.max_turns"}
+    assert all(item["expected"] for item in changes["card_differences"])
+    # A run on other questions differs in more than the zoom, and says so.
+    run_eval(config(data, tmp_path / "fewer", max_turns=3, limit=3), ScriptedPolicy(zoom_helps_odd_questions))
+    other = compare_questions(baseline, tmp_path / "fewer")
+    assert other["only_a"] == 2 and any(not item["expected"] and item["setting"] == "data.questions" for item in other["card_differences"])
+    page = write_comparison(baseline, zoomed, tmp_path / "compare.html").read_text()
+    assert "gained on 2 (+40.0 pp) and lost on 3 (-60.0 pp)" in page and "<script" not in page.lower()
+
+
+def test_eval_compare_on_the_command_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mini_o3.cli import app
+
+    data = make_dataset(tmp_path / "data", count=3)
+    run_eval(config(data, tmp_path / "a", prompt="direct", max_turns=1), ScriptedPolicy(zoom_helps_odd_questions))
+    run_eval(config(data, tmp_path / "b", max_turns=3), ScriptedPolicy(zoom_helps_odd_questions))
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--html", str(tmp_path / "c.html")])
+    assert result.exit_code == 0, result.output
+    assert "gained on 1" in result.output and "lost on 2" in result.output and (tmp_path / "c.html").is_file()
+    missing = runner.invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "data")])
+    assert missing.exit_code == 2
+    wrong = runner.invoke(app, ["eval", "--data", data, "--model-path", str(tmp_path), "--prompt", "direct", "--max-turns", "3"])
+    assert wrong.exit_code == 2 and "max_turns" in wrong.output
+    (tmp_path / "data" / "data.json").write_text((tmp_path / "data" / "data.json").read_text().replace("blue", "green"))
+    changed = runner.invoke(app, ["eval", "--data", data, "--api", "http://127.0.0.1:9", "--model", "m", "--prompt", "direct", "--max-pixels", "19200", "--min-pixels", "784", "--out", str(tmp_path / "a")])
+    assert changed.exit_code == 2 and "was run on other data" in " ".join(changed.output.split()) and "Traceback" not in changed.output

@@ -6,7 +6,9 @@ import logging
 import socket
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from PIL import Image
 from mini_o3.agent import protocol
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.env import Limits, ZoomEnv
-from mini_o3.agent.policy import Generation, Policy, PolicyError, SamplingParams
+from mini_o3.agent.policy import Policy, PolicyError, SamplingParams
 from conftest import Recorder
 from mini_o3.policies.http import HttpPolicy, _generation_from_reply, normalize_base_url
 from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy
@@ -134,30 +136,27 @@ def test_a_wrong_key_fails_at_once_naming_the_variable_not_the_key(serve, monkey
 
 
 def test_an_unexpected_error_mid_request_leaves_no_request_counted_in_flight(serve):
-    class Interrupted(HttpPolicy):
-        """Fails inside the request the way a bug or a Ctrl-C would: not with a transport error."""
-
-        def _post(self, endpoint, path, body):
-            if self.interrupt:
-                raise RuntimeError("interrupted mid-request")
-            return super()._post(endpoint, path, body)
-
     _, first = serve(EchoPolicy())
     _, second = serve(EchoPolicy())
-    policy = Interrupted([first, second], "m")
-    policy.interrupt = True
+    policy = HttpPolicy([first, second], "m")
+    client = policy._client
+
+    def interrupted(*args, **kwargs):
+        raise RuntimeError("interrupted mid-request")  # as a bug or a Ctrl-C would: not a transport error
+
+    client._request = interrupted
     for _ in range(3):
         with pytest.raises(RuntimeError, match="interrupted"):
             policy.generate(_env(_image()).messages())
-    assert [endpoint.in_flight for endpoint in policy._endpoints] == [0, 0]
-    policy.interrupt = False
+    assert [endpoint.in_flight for endpoint in client._endpoints] == [0, 0]
+    del client._request
     replies = [policy.generate(_env(_image()).messages()).extra["endpoint"] for _ in range(4)]
     assert sorted(replies) == sorted(policy.base_urls * 2)  # both still chosen: neither looks busy
 
 
 def test_an_api_key_with_a_control_character_is_refused_without_showing_it(monkeypatch):
     monkeypatch.setenv("MINI_O3_TEST_KEY", FAKE_KEY + "\n")
-    assert HttpPolicy("http://127.0.0.1:9/v1", "m", api_key_env="MINI_O3_TEST_KEY")._api_key == FAKE_KEY  # trailing newline trimmed
+    assert HttpPolicy("http://127.0.0.1:9/v1", "m", api_key_env="MINI_O3_TEST_KEY")._client._secret == FAKE_KEY  # trailing newline trimmed
     monkeypatch.setenv("MINI_O3_TEST_KEY", FAKE_KEY[:5] + "\r\nX-Injected: 1")
     with pytest.raises(ValueError, match=r"\$MINI_O3_TEST_KEY contains a control character") as error:
         HttpPolicy("http://127.0.0.1:9/v1", "m", api_key_env="MINI_O3_TEST_KEY")
@@ -286,3 +285,98 @@ def test_bad_arguments_are_refused():
         HttpPolicy("http://h:1", "m", image_format="WEBP")
     with pytest.raises(ValueError, match="at least one"):
         HttpPolicy([], "m")
+
+
+class _Proxy(ThreadingHTTPServer):
+    """A forward proxy on loopback that records what it is asked: it relays plain HTTP and refuses CONNECT."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.seen: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Proxy
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_CONNECT(self) -> None:  # noqa: N802 (the stdlib's name)
+        self.server.seen.append(f"CONNECT {self.path}")
+        self.send_response(403, "tunnels refused here")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _relay(self) -> None:
+        self.server.seen.append(f"{self.command} {self.path}")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+        request = urllib.request.Request(self.path, data=body, method=self.command, headers={"Content-Type": "application/json"})
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10) as response:
+            status, payload = response.status, response.read()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _relay
+
+
+@pytest.fixture
+def proxy():
+    server = _Proxy()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_proxy_from_the_environment_carries_the_requests(serve, proxy, monkeypatch):
+    _, url = serve(EchoPolicy())
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    policy = HttpPolicy(url, "m")
+    assert policy.generate(_env(_image(), "hello").messages()).text.endswith("<answer>hello</answer>")
+    assert proxy.seen == [f"POST {url}/chat/completions"]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    HttpPolicy(url, "m").generate(_env(_image(), "direct").messages())
+    assert len(proxy.seen) == 1  # NO_PROXY: straight to the server
+
+
+def test_https_proxy_from_the_environment_is_asked_for_a_tunnel(proxy, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    policy = HttpPolicy("https://api.example.invalid/v1", "m", max_retries=0)
+    with pytest.raises(PolicyError, match="proxy"):
+        policy.generate([{"role": "user", "content": "hi"}])
+    assert proxy.seen == ["CONNECT api.example.invalid:443"]
+
+
+@pytest.mark.parametrize("reply", [
+    {"choices": "none"},
+    {"choices": [None]},
+    {"choices": [{"message": "a string"}]},
+    {"choices": []},
+    [],
+])
+def test_malformed_replies_are_a_policy_error(reply):
+    with pytest.raises(PolicyError, match="without choices"):
+        _generation_from_reply(reply, SamplingParams(), "u")
+
+
+def test_malformed_usage_and_finish_reason_are_ignored():
+    reply = {"choices": [{"message": {"content": "<answer>x</answer>"}, "finish_reason": 7}],
+             "usage": {"prompt_tokens": "12", "completion_tokens": -1}}
+    generation = _generation_from_reply(reply, SamplingParams(), "u")
+    assert (generation.text, generation.finish_reason) == ("<answer>x</answer>", "stop")
+    assert (generation.prompt_tokens, generation.completion_tokens) == (None, None)
+    assert _generation_from_reply({**reply, "usage": "lots"}, SamplingParams(), "u").prompt_tokens is None

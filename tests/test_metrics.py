@@ -308,3 +308,152 @@ def test_only_answered_episodes_count_as_correct() -> None:
     trajectory.turns = []
     result = EpisodeResult.from_trajectory(trajectory, Score(True, "red", "exact", "forced"), run=2)
     assert (result.correct, result.answer_turn, result.run, result.num_turns) == (False, None, 2, 0)
+
+
+# ---------------------------------------------------------------- search behaviour and HR-Bench rotations
+
+from mini_o3.eval import crops  # noqa: E402
+from mini_o3.eval.behaviour import accuracy_by_tokens, search_behaviour, token_budgets  # noqa: E402
+from mini_o3.eval.rotation import rotation_score  # noqa: E402
+from mini_o3.agent.trajectory import TurnRecord, ViewRecord  # noqa: E402
+
+
+def searched(boxes: list[tuple[int, int, int, int]], targets: list[list[float]] | None = None) -> Trajectory:
+    """A trajectory on a 100x100 image whose crops have these boxes (in original pixels)."""
+    views = [ViewRecord(0, (0, 0, 100, 100), (100, 100))] + [ViewRecord(i, box, (56, 56), 0) for i, box in enumerate(boxes, 1)]
+    turns = [TurnRecord("<grounding>...</grounding>", "zoom", "observation", view=i, completion_tokens=10) for i in range(1, len(boxes) + 1)]
+    turns.append(TurnRecord("<answer>x</answer>", "answer", completion_tokens=5))
+    meta: dict = {"run": 0}
+    if targets is not None:
+        meta["target_boxes"] = targets
+    return Trajectory("s", "q", "x.jpg", (100, 100), "x", status=Status.ANSWERED, answer="x", turns=turns, views=views, meta=meta)
+
+
+def test_crop_geometry() -> None:
+    assert crops.iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert crops.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert crops.iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+    assert crops.covers((0, 0, 50, 50), (10, 10, 20, 20))
+    assert crops.covers((0, 0, 50, 50), (45, 10, 55, 20)) is False  # half of the target is outside
+    assert crops.covers((0, 0, 50, 50), (46, 10, 50.4, 20))  # 4 of its 4.4 px inside (0.91): enough
+    assert crops.covers((0, 0, 50, 50), (10, 10, 10, 20)) is False  # an empty target is never covered
+
+
+def test_repeated_crops_count_boxes_already_seen_the_original_included() -> None:
+    trajectory = searched([(0, 0, 50, 50), (1, 1, 50, 50), (50, 50, 100, 100), (0, 0, 100, 100), (0, 0, 50, 50)])
+    # crop 2 repeats crop 1 (IoU 0.96), crop 4 is the whole image (view 0), crop 5 repeats crop 1 again
+    assert crops.repeated_crops(trajectory) == 3
+    assert crops.repeated_crops(searched([(0, 0, 50, 50), (0, 0, 40, 50)])) == 0  # IoU 0.8 is a new view
+
+
+def test_crops_on_target_need_boxes() -> None:
+    assert crops.crops_on_target(searched([(0, 0, 50, 50)])) is None
+    trajectory = searched([(0, 0, 50, 50), (50, 50, 100, 100), (60, 60, 70, 70)], targets=[[55, 55, 65, 65], [5, 5, 6, 6]])
+    assert crops.crops_on_target(trajectory) == 2  # the first holds target 2, the second target 1, the third neither whole
+
+
+def test_episode_results_carry_search_counts_tokens_and_rotation() -> None:
+    trajectory = searched([(0, 0, 50, 50), (0, 0, 50, 50)], targets=[[10, 10, 20, 20]])
+    trajectory.meta.update(cycle_category=2, group="g1")
+    trajectory.turns[0].completion_tokens = None  # no engine count: the env's estimate stands in
+    result = EpisodeResult.from_trajectory(trajectory, Score(True, "x", "exact", ""), 0)
+    estimate = len(trajectory.turns[0].text.encode()) * 2 // 7 + 1
+    assert (result.zooms, result.repeated_zooms, result.target_zooms) == (2, 1, 2)
+    assert result.generated_tokens == estimate + 10 + 5
+    assert (result.cycle, result.group) == (2, "g1")
+    assert EpisodeResult.from_dict(result.to_dict()) == result
+
+
+def with_search(result: EpisodeResult, zooms: int, repeated: int, target: int | None, tokens: int) -> EpisodeResult:
+    result.zooms, result.repeated_zooms, result.target_zooms, result.generated_tokens = zooms, repeated, target, tokens
+    return result
+
+
+SEARCHED = [
+    with_search(answered("a", 0, 3, True, "", ""), 2, 1, 1, 100),
+    with_search(answered("a", 1, 1, False, "", ""), 0, 0, 0, 20),
+    with_search(answered("b", 0, 4, True, "", ""), 3, 0, 0, 300),
+    with_search(ended("b", 1, "over_turn", 5, "", ""), 5, 2, None, 500),
+]
+
+
+def test_search_behaviour_has_exact_figures() -> None:
+    figures = search_behaviour(SEARCHED)
+    assert figures["zoom_histogram"] == [1, 0, 1, 1, 0, 1]
+    assert (figures["zooms"], figures["repeated_zooms"]) == (10, 3)
+    assert figures["repeated_share"] == pytest.approx(0.3)
+    assert figures["episodes_with_a_repeat"] == 0.5
+    assert figures["zooms_per_correct_episode"]["mean"] == 2.5
+    target = figures["target"]  # over the three episodes whose sample has boxes
+    assert (target["episodes"], target["zooms"], target["zooms_on_target"]) == (3, 5, 1)
+    assert target["episodes_that_found_it"] == pytest.approx(1 / 3)
+    assert (target["accuracy_when_found"], target["accuracy_when_not_found"]) == (1.0, 0.5)
+    assert figures["token_budgets"] == [16, 32, 64, 128, 256, 512]
+    # a is right once in two runs with 100 tokens; b once in two with 300
+    assert figures["accuracy_by_tokens"] == [0.0, 0.0, 0.0, 0.25, 0.25, 0.5]
+    assert search_behaviour([with_search(answered("c", 0, 1, True, "", ""), 0, 0, None, 4)])["target"] is None
+
+
+def test_a_token_cap_equal_to_what_an_episode_wrote_keeps_it() -> None:
+    exact = [with_search(answered("e", 0, 1, True, "", ""), 0, 0, None, 64)]
+    assert accuracy_by_tokens(exact, [32, 63, 64, 65]) == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_accuracy_by_tokens_reaches_avg_at_k_and_never_falls() -> None:
+    curve = accuracy_by_tokens(RESULTS, token_budgets(1000))
+    assert curve == sorted(curve) and curve[-1] == avg_at_k(RESULTS)
+    assert token_budgets(16) == [16] and token_budgets(17) == [16, 32]
+
+
+def rotated(sample: str, run: int, cycle: int, correct: bool, category: str, group: str) -> EpisodeResult:
+    result = answered(sample, run, 1, correct, "hr_bench_4k/" + category, category)
+    result.cycle, result.group = cycle, group
+    return result
+
+
+def authors_hrbench_average(results: list[EpisodeResult]) -> dict[str, float]:
+    """HR-Bench's own arithmetic at K=1: group rows by cycle_category, accuracy per group (all and per category), mean over groups."""
+    sums: dict[str, float] = {}
+    cycles = sorted({result.cycle for result in results})
+    for cycle in cycles:
+        rows = [result for result in results if result.cycle == cycle]
+        for name in ["all"] + sorted({result.category for result in rows}):
+            chosen = [result for result in rows if name in ("all", result.category)]
+            sums[name] = sums.get(name, 0.0) + sum(result.correct for result in chosen) / len(chosen)
+    return {name: total / len(cycles) for name, total in sums.items()}
+
+
+def test_rotation_score_follows_the_hrbench_authors() -> None:
+    # Question q (single) is right in rotations 0 and 1 only; question p (cross) in every rotation but 3.
+    results = [rotated(f"q{c}", 0, c, c < 2, "single", "q") for c in range(4)] + [rotated(f"p{c}", 0, c, c != 3, "cross", "p") for c in range(4)]
+    score = rotation_score(results)
+    assert score["cycles"] == {"0": 1.0, "1": 1.0, "2": 0.5, "3": 0.0}
+    authors = authors_hrbench_average(results)
+    assert score["average"] == authors["all"] == 0.625
+    assert score["by_category"]["single"]["average"] == authors["single"] == 0.5
+    assert score["by_category"]["cross"]["average"] == authors["cross"] == 0.75
+    assert score["plain"] == 0.625  # equal rotations: the authors' mean is plain accuracy
+    assert score["all_rotations"] == 0.0  # neither question is right in all four
+    assert (score["questions"], score["complete_groups"]) == (2, 2)
+
+
+def test_rotation_score_with_k_runs_and_uneven_rotations() -> None:
+    results = [rotated("q0", run, 0, True, "single", "q") for run in range(2)]
+    results += [rotated("q1", 0, 1, True, "single", "q"), rotated("q1", 1, 1, False, "single", "q")]
+    results += [rotated("p0", run, 0, run == 0, "single", "p") for run in range(2)]
+    score = rotation_score(results)
+    assert score["cycles"] == {"0": 0.75, "1": 0.5}
+    assert score["average"] == 0.625 and score["plain"] == pytest.approx(2 / 3)  # rotation 0 holds two questions
+    assert score["all_rotations"] == pytest.approx((1.0 * 0.5 + 0.5) / 2)  # q: 1.0 x 0.5; p has one rotation here
+    assert score["complete_groups"] == 1
+    assert rotation_score(RESULTS) is None
+    # Right half the time in each of two rotations: one draw of each is right together a quarter of the time.
+    halves = [rotated(f"h{c}", run, c, run == 0, "single", "h") for c in range(2) for run in range(2)]
+    assert rotation_score(halves)["all_rotations"] == 0.25
+
+
+def test_summarize_holds_search_and_rotation() -> None:
+    summary = summarize(SEARCHED, 8)
+    assert summary["search"]["zooms"] == 10 and summary["rotation"] is None
+    json.dumps(summary, allow_nan=False)
+    assert summarize([], 4)["search"] is None

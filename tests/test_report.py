@@ -19,6 +19,7 @@ from mini_o3.policies.scripted import ScriptedPolicy
 from mini_o3.eval.report import (
     ACCURACY_PLOT,
     REPORT_DIR,
+    TOKENS_PLOT,
     TURNS_PLOT,
     compare_runs,
     compare_runs_text,
@@ -97,6 +98,35 @@ def test_report_has_plots_metrics_and_every_turn_crop_and_box(planted_run: Path)
     assert page.count("turn 3</b>") == 6 and "observation_2: [0.0, 0.0, 0.5, 0.5] of observation_1" in page
     with Image.open(planted_run / REPORT_DIR / "boxes" / "q0__r0.jpg") as boxes:
         assert boxes.size == (160, 120)  # drawn on the saved view 0, in its own pixels
+
+
+def test_report_shows_the_protocol_card_and_how_the_policy_searched(planted_run: Path) -> None:
+    page = (planted_run / "index.html").read_text()
+    metrics = json.loads((planted_run / "metrics.json").read_text())
+    card = metrics["protocol"]
+    assert page.index("<h2>Protocol</h2>") < page.index("<h2>Metrics</h2>")
+    for name in ("model", "prompt", "pixels", "K, temperature", "turns, tokens", "scoring", "data", "data sha256", "option order"):
+        assert f"<th>{name}</th>" in page, name
+    assert card["data"]["sha256"][:16] in page and "K=2, temperature 1.0" in page and "shown at most 19,200" in page
+    assert "<th>zooms per episode</th><td>mean 2," in page and "0 of 12 zooms (0.0%) repeat" in page
+    assert "crops on the target" not in page  # the data has no boxes
+    with Image.open(planted_run / REPORT_DIR / TOKENS_PLOT) as image:
+        assert image.format == "PNG" and image.width > 300
+    assert f'src="{REPORT_DIR}/{TOKENS_PLOT}"' in page
+
+
+def test_rotation_and_target_rows_from_hand_built_metrics() -> None:
+    metrics = dict(METRICS, rotation={"cycles": {"0": 1.0, "1": 0.5}, "average": 0.75, "plain": 0.7, "all_rotations": 0.5, "questions": 2,
+                                      "complete_groups": 2, "by_category": {"single": {"0": 1.0, "1": 0.5, "average": 0.75}}},
+                   search={"zooms_per_episode": {"mean": 1.5, "p90": 2, "max": 2}, "zoom_histogram": [1, 0, 1], "zooms": 3, "repeated_zooms": 1,
+                           "repeated_share": 1 / 3, "episodes_with_a_repeat": 0.5, "generated_tokens": {"count": 0},
+                           "target": {"episodes": 2, "zooms": 3, "zooms_on_target": 2, "share_of_zooms": 2 / 3, "episodes_that_found_it": 1.0,
+                                      "accuracy_when_found": 0.5, "accuracy_when_not_found": None}})
+    rows = dict(summary_rows(metrics))
+    assert rows["HR-Bench score (mean over rotations)"] == "75.0% (per rotation 0: 100.0%, 1: 50.0%); plain Avg@K 70.0%"
+    assert rows["right in all rotations"].startswith("50.0% of 2 questions") and rows["HR-Bench single"].startswith("75.0%")
+    assert rows["repeated crops"].startswith("1 of 3 zooms (33.3%)")
+    assert rows["crops on the target"].startswith("2 of 3 zooms (66.7%) hold an annotated target; 100.0% of 2 episodes")
 
 
 def test_all_model_text_is_escaped_and_the_page_holds_no_script(planted_run: Path) -> None:
@@ -181,3 +211,46 @@ def test_compare_runs_side_by_side(tmp_path: Path) -> None:
     assert any("turns mean" in line and "-1" in line for line in text.splitlines())
     with pytest.raises(ValueError, match="no metrics.json"):
         compare_runs(run_a, tmp_path / "missing")
+
+
+def test_question_changes_split_the_net_change_into_gains_and_losses() -> None:
+    from mini_o3.eval.compare import question_changes
+
+    def records(correct: dict[str, list[bool]], zooms: int = 0) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(sample, run): {"sample_id": sample, "run": run, "split": "", "ground_truth": "A", "zooms": zooms * run,
+                                "score": {"correct": right, "extracted": "A" if right else "B"}}
+                for sample, runs in correct.items() for run, right in enumerate(runs)}
+
+    a = records({"same": [True, False], "up": [False, False], "down": [True, True], "right": [True, True], "only_a": [True, True]})
+    b = records({"same": [False, True], "up": [True, False], "down": [False, True], "right": [True, True], "only_b": [False, False]})
+    changes = question_changes(a, b)
+    assert [change.sample_id for change in changes["gained"]] == ["up"]
+    assert [change.sample_id for change in changes["lost"]] == ["down"]
+    assert (changes["common"], changes["only_a"], changes["only_b"], changes["both_right"], changes["same_partly"]) == (4, 1, 1, 1, 1)
+    assert changes["gain_pp"] == 12.5 and changes["loss_pp"] == -12.5  # +0.5 and -0.5 over four questions
+    assert changes["gained"][0].answers_a == "B x2" and changes["gained"][0].answers_b == "A, B"
+    # Nothing zoomed in B: the gain and the loss came without the tool.
+    assert (changes["gained_after_a_zoom"], changes["lost_after_a_zoom"]) == (0, 0)
+    b_zoomed = question_changes(a, records({"same": [False, True], "up": [True, False], "down": [False, True]}, zooms=1))
+    # Only run 1 of each question zoomed: "up" was right in run 0 (no zoom), "down" zoomed in run 1.
+    assert (b_zoomed["gained_after_a_zoom"], b_zoomed["lost_after_a_zoom"]) == (0, 1)
+    assert b_zoomed["gained"][0].zoomed_runs_b == 1 and b_zoomed["gained"][0].right_after_zoom_b == 0
+    # Runs recorded before "zooms": more than one turn means a zoom.
+    old = {key: {k: v for k, v in record.items() if k != "zooms"} | {"turns": 3} for key, record in b_zoomed_records().items()}
+    assert question_changes(a, old)["gained_after_a_zoom"] == 1
+
+
+def b_zoomed_records() -> dict[tuple[str, int], dict[str, Any]]:
+    return {("up", 0): {"sample_id": "up", "run": 0, "split": "", "ground_truth": "A", "score": {"correct": True, "extracted": "A"}}}
+
+
+def test_a_run_made_before_cards_is_rescored_and_reported_without_one(tmp_path: Path) -> None:
+    from mini_o3.eval.runner import rescore
+
+    run = evaluate(tmp_path, "old", ["<answer>red</answer>"])
+    config = json.loads((run / "config.json").read_text())
+    del config["protocol"]
+    (run / "config.json").write_text(json.dumps(config))
+    metrics = rescore(run)
+    assert metrics["protocol"] == {} and metrics["avg_at_k"] == pytest.approx(1 / 3)
+    assert "this run has no protocol card" in (run / "index.html").read_text()

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from mini_o3.agent.protocol import extract_answer
 from mini_o3.eval.scoring import Score, normalize_answer, score_answer, score_trajectory
 from mini_o3.agent.trajectory import Status, Trajectory
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GRADED = FIXTURES / "graded_answers.jsonl"
 
 GLOVE = {"A": "rubber", "B": "cotton", "C": "kevlar", "D": "leather"}
 CARS = {"A": "blue car", "B": "red car", "C": "green truck", "D": "3"}
@@ -191,3 +201,135 @@ def test_score_trajectory_uses_the_recorded_answer_and_options() -> None:
 
 def test_there_are_enough_realistic_cases() -> None:
     assert len(CHOICE_CASES) + len(OPEN_CASES) + len(LETTER_ONLY_CASES) >= 40
+
+
+# ---------------------------------------------------------------- the graded fixture
+
+
+def graded_answers() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in GRADED.read_text(encoding="utf-8").splitlines()]
+
+
+def rule_verdict(line: dict[str, Any]) -> Score:
+    """Our rules on one graded line (a "raw" line is a whole final turn: its answer block is found first)."""
+    answer = extract_answer(line["raw"]) if "raw" in line else line["prediction"]
+    return score_answer(answer, line["truth"], line["options"] or None)
+
+
+def test_the_graded_fixture_is_large_and_covers_every_class() -> None:
+    lines = graded_answers()
+    classes = Counter(line["class"] for line in lines)
+    assert len(lines) >= 300
+    for kind in ("letter_form", "label_and_text", "option_list", "second_choice", "negation", "plural_options", "minus_sign",
+                 "option_text", "refusal", "not_english", "number", "open", "label_only", "last_answer_block"):
+        assert classes[kind] >= 5, (kind, classes[kind])
+    assert {line["benchmark"] for line in lines} == {"vstar", "hrbench", "mme", "visualprobe"}
+    assert len({line["id"] for line in lines}) == len(lines)
+
+
+def test_no_answer_the_grader_marks_wrong_is_credited() -> None:
+    free = [(line["id"], line["class"], line.get("prediction", line.get("raw"))) for line in graded_answers()
+            if not line["grader"] and rule_verdict(line).correct]
+    assert free == []
+
+
+def test_every_answer_the_grader_accepts_is_credited_unless_left_to_the_judge() -> None:
+    lines = graded_answers()
+    missed = [(line["id"], line.get("prediction")) for line in lines
+              if line["grader"] and not line.get("judge_only") and not rule_verdict(line).correct]
+    assert missed == []
+    # What the rules leave to the judge they must not credit either (so the fixture says what they do).
+    assert not any(rule_verdict(line).correct for line in lines if line.get("judge_only"))
+    agreement = sum(rule_verdict(line).correct == line["grader"] for line in lines) / len(lines)
+    assert agreement >= 0.9
+
+
+def test_the_fixture_file_is_what_its_builder_writes() -> None:
+    spec = importlib.util.spec_from_file_location("build_graded_answers", FIXTURES / "build_graded_answers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    assert [json.loads(json.dumps(line, ensure_ascii=False)) for line in module.LINES] == graded_answers()
+
+
+@pytest.mark.parametrize(
+    ("predicted", "truth", "options"),
+    [
+        ("A. red\nB. blue\nC. green\nD. yellow", "A", {"A": "red", "B": "blue", "C": "green", "D": "yellow"}),
+        ("A) red B) blue", "A", {"A": "red", "B": "blue"}),
+        ("A. red or B. blue", "A", {"A": "red", "B": "blue"}),
+        ("A. it is not red", "A", {"A": "red", "B": "blue"}),
+        ("cars", "A", {"A": "car", "B": "cars"}),
+        ("car", "B", {"A": "car", "B": "cars"}),
+        ("\u22123", "B", {"A": "-3", "B": "3"}),
+        ("A. red\nB. blue", "A", {}),
+    ],
+)
+def test_the_free_credit_classes_of_issue_15_score_wrong(predicted: str, truth: str, options: dict[str, str]) -> None:
+    assert not score_answer(predicted, truth, options).correct
+
+
+def test_options_that_differ_by_a_plural_each_take_their_own_answer() -> None:
+    options = {"A": "car", "B": "cars", "C": "bicycle"}
+    assert score_answer("cars", "B", options).correct and score_answer("car", "A", options).correct
+    assert score_answer("bicycles", "C", options).matched_by == "option_text"
+    same = {"A": "car", "B": "Car"}
+    assert score_answer("car", "A", same).reason.startswith("the text matches several options")
+
+
+def test_the_minus_sign_keeps_its_sign() -> None:
+    assert normalize_answer("\u22123 \u00b0C") == "-3 c"
+    assert score_answer("\u22122", "-2", None).correct
+    assert not score_answer("\u22122", "2", None).correct
+
+
+def test_the_last_answer_block_of_the_final_turn_counts() -> None:
+    assert extract_answer("<answer>A</answer> no, wait: <answer>B</answer>") == "B"
+    assert extract_answer("<think>maybe <answer>A</answer></think><answer> C </answer> <answer>unclosed") == "C"
+    assert extract_answer("<answer>unclosed") is None
+
+
+# ---------------------------------------------------------------- properties over generated answers
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+WORDS = ["red", "blue", "green", "yellow", "white", "black", "car", "cars", "truck", "dog", "cat", "left", "right", "2", "3", "12",
+         "−4", "rubber", "cotton", "leather", "wooden", "metal", "stop sign", "red car", "small boat", "the tower"]
+LABELS = ["{L}. {T}", "({L}) {T}", "{L}) {T}", "{L}: {T}", "[{L}] {T}", "**{L}. {T}**"]
+SEPARATORS = ["\n", " ", ", ", "; ", " or ", " and ", "\n\n", " / "]
+
+
+@st.composite
+def choice_questions(draw: Any) -> tuple[dict[str, str], str]:
+    texts = draw(st.lists(st.sampled_from(WORDS), min_size=2, max_size=5, unique=True))
+    options = {"ABCDE"[index]: text for index, text in enumerate(texts)}
+    return options, draw(st.sampled_from(sorted(options)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(choice_questions(), st.data())
+def test_an_answer_naming_two_or_more_options_is_never_credited(question: tuple[dict[str, str], str], data: Any) -> None:
+    options, truth = question
+    letters = data.draw(st.lists(st.sampled_from(sorted(options)), min_size=2, max_size=len(options), unique=True))
+    label = data.draw(st.sampled_from(LABELS))
+    separator = data.draw(st.sampled_from(SEPARATORS))
+    answer = separator.join(label.format(L=letter, T=options[letter]) for letter in letters)
+    lead = data.draw(st.sampled_from(["", "Answer: ", "The answer is ", "I choose "]))
+    assert not score_answer(lead + answer, truth, options).correct, (lead + answer, truth, options)
+
+
+@settings(max_examples=100, deadline=None)
+@given(choice_questions(), st.data())
+def test_the_right_option_named_alone_is_credited(question: tuple[dict[str, str], str], data: Any) -> None:
+    options, truth = question
+    form = data.draw(st.sampled_from(LABELS + ["{L}", "({L})", "{L}.", "Answer: {L}", "The answer is ({L}).", "{T}", "The answer is {T}."]))
+    answer = form.format(L=truth, T=options[truth])
+    assert score_answer(answer, truth, options).correct, (answer, truth, options)
+
+
+@settings(max_examples=100, deadline=None)
+@given(choice_questions(), st.data())
+def test_the_right_label_with_a_negation_is_not_credited(question: tuple[dict[str, str], str], data: Any) -> None:
+    options, truth = question
+    form = data.draw(st.sampled_from(["{L}. not {T}", "{L}. It is not {T}.", "({L}) {T} is wrong", "{L}: no, {T} is incorrect", "{L}. isn't {T}"]))
+    answer = form.format(L=truth, T=options[truth])
+    assert not score_answer(answer, truth, options).correct, (answer, truth, options)

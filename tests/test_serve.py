@@ -19,7 +19,7 @@ from mini_o3.agent.images import data_url
 from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
 from mini_o3.policies.scripted import EchoPolicy, ScriptedPolicy
 from conftest import Recorder
-from mini_o3.serve import decode_data_url, messages_from_openai, start_server
+from mini_o3.serve import decode_data_url, messages_from_openai, server_api_key, start_server
 
 
 def _request(url: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None):
@@ -191,3 +191,110 @@ def test_decode_helpers_round_trip_pixels():
 def test_unknown_server_options_are_refused():
     with pytest.raises(TypeError, match="delay_sec"):
         start_server(EchoPolicy(), delay_sec=1)
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 2.5}, "max_tokens"),
+        ({"max_completion_tokens": -3}, "max_tokens"),
+        ({"seed": "x"}, "seed"),
+        ({"stop": ["</grounding>", ""]}, "stop"),
+        ({"n": 2}, "n"),
+    ],
+)
+def test_invalid_sampling_values_get_400_naming_the_field_as_vllm_does(serve, fields, param):
+    _, url = serve(EchoPolicy())
+    status, reply, _ = _request(url, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], **fields})
+    assert status == 400, reply
+    assert reply["error"]["param"] == param and reply["error"]["code"] == 400
+
+
+def test_non_finite_numbers_get_400_not_500(serve):
+    _, url = serve(EchoPolicy())
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'  # Python's json reads NaN
+    status, reply, _ = _request(url, "POST", "/v1/chat/completions", body)
+    assert status == 400 and reply["error"]["param"] == "temperature"
+
+
+def test_an_unknown_model_gets_404_and_the_served_one_is_listed(serve):
+    _, url = serve(EchoPolicy(), model="tiny-vl")
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    status, reply, _ = _request(url, "POST", "/v1/chat/completions", body)
+    assert status == 404 and reply["error"]["param"] == "model" and "gpt-4o" in reply["error"]["message"]
+    assert _request(url, "POST", "/v1/chat/completions", {**body, "model": "tiny-vl"})[0] == 200
+    assert _request(url, "POST", "/v1/chat/completions", {"messages": body["messages"]})[0] == 200  # no name: the served one
+    assert [m["id"] for m in _request(url, "GET", "/v1/models")[1]["data"]] == ["tiny-vl"]
+
+
+def _raw(url: str, data: bytes) -> tuple[int, dict]:
+    """Send raw bytes, read one response; (status, JSON body)."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(data)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed without a status line and headers: {received!r}"
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += sock.recv(65536)
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"PUT /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"GET /v1/models HTTP/7.0\r\nHost: x\r\n\r\n", 505),
+        (b"garbage\r\n\r\n", 400),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n", 400),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n", 411),
+        (b"GET /v2/nothing HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    ],
+)
+def test_every_route_and_method_answers_errors_as_json(serve, request_bytes, status):
+    _, url = serve(EchoPolicy())
+    got, reply = _raw(url, request_bytes)
+    assert got == status
+    assert reply["error"]["code"] == status and reply["error"]["message"]
+
+
+def test_a_named_key_variable_that_is_unset_refuses_to_serve(monkeypatch):
+    monkeypatch.delenv("MINI_O3_UNSET_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"\$MINI_O3_UNSET_KEY is not set.*--no-auth"):
+        server_api_key("MINI_O3_UNSET_KEY", no_auth=False, host="127.0.0.1")
+    monkeypatch.setenv("MINI_O3_UNSET_KEY", "  ")
+    with pytest.raises(ValueError, match="is not set"):
+        server_api_key("MINI_O3_UNSET_KEY", no_auth=False, host="127.0.0.1")
+    monkeypatch.setenv("MINI_O3_UNSET_KEY", "sekret-key")
+    assert server_api_key("MINI_O3_UNSET_KEY", no_auth=False, host="0.0.0.0") == "sekret-key"
+    assert server_api_key(None, no_auth=False, host="127.0.0.1") is None  # local use stays easy
+    with pytest.raises(ValueError, match="--no-auth"):
+        server_api_key(None, no_auth=False, host="0.0.0.0")
+    assert server_api_key(None, no_auth=True, host="0.0.0.0") is None
+    with pytest.raises(ValueError, match="not both"):
+        server_api_key("MINI_O3_UNSET_KEY", no_auth=True, host="127.0.0.1")
+
+
+def test_the_serve_command_exits_2_on_an_unset_key_variable(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from mini_o3.cli import app
+
+    monkeypatch.delenv("MINI_O3_UNSET_KEY", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--model-path", str(tmp_path), "--api-key-env", "MINI_O3_UNSET_KEY"])
+    assert result.exit_code == 2 and "MINI_O3_UNSET_KEY is not set" in result.output
+    result = CliRunner().invoke(app, ["serve", "--model-path", str(tmp_path), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "--no-auth" in result.output

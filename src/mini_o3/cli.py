@@ -38,6 +38,15 @@ def build_policy(api: Optional[str], model: Optional[str], model_path: Optional[
     return LocalPolicy(model_path)
 
 
+def check_context(max_context: int) -> None:
+    """Refuse a context window that leaves no room once the episode's reserve is kept free."""
+    if max_context <= INFERENCE_LIMITS.context_reserve:
+        raise typer.BadParameter(
+            f"--max-context {max_context} leaves no room: episodes stop {INFERENCE_LIMITS.context_reserve:,} tokens short of "
+            "the window; give the server's --max-model-len (vLLM), e.g. 16384"
+        )
+
+
 def print_config(title: str, config: object) -> None:
     """Print a job's full configuration before it starts."""
     console.print(f"[bold]{title}[/bold]")
@@ -75,6 +84,7 @@ def search(
     out: Optional[Path] = typer.Option(None, help="Where to write the trajectory, the crops and boxes.png."),
     image_pixel_limit: int = typer.Option(DEFAULT_IMAGE_PIXEL_LIMIT, help="Refuse images with more pixels than this."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+    max_context: int = typer.Option(INFERENCE_LIMITS.max_context_tokens, help="The model's context window in tokens: the server's --max-model-len when lower than the paper's 32,768."),
 ) -> None:
     """Answer QUESTION about IMAGE by zooming, printing every turn."""
     from mini_o3.eval.draw import draw_zoom_boxes
@@ -82,6 +92,7 @@ def search(
 
     if numbering not in ("reference", "consistent"):
         raise typer.BadParameter("--numbering must be 'reference' or 'consistent'")
+    check_context(max_context)
     try:
         original = open_image(image, image_pixel_limit)
     except ImageLoadError as error:
@@ -89,7 +100,7 @@ def search(
         raise typer.Exit(2)
     policy = build_policy(api, model, model_path, api_key_env)
     config = EpisodeConfig(
-        limits=replace(INFERENCE_LIMITS, max_turns=max_turns, numbering=numbering),
+        limits=replace(INFERENCE_LIMITS, max_turns=max_turns, numbering=numbering, max_context_tokens=max_context),
         sampling=SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
         pixel_limit=image_pixel_limit,
     )
@@ -142,9 +153,10 @@ def eval_run(
     model: Optional[str] = typer.Option(None, help="Model name on the server."),
     model_path: Optional[Path] = typer.Option(None, help="A local Qwen2.5-VL-class checkpoint directory."),
     samples: int = typer.Option(1, help="K sampled runs per question (Avg@K)."),
-    max_turns: int = typer.Option(32, help="Assistant turns at most; every smaller budget is read off the same run."),
+    max_turns: Optional[int] = typer.Option(None, help="Assistant turns at most (default 32; 1 with --prompt direct); every smaller budget is read off the same run."),
     concurrency: int = typer.Option(32, help="Episodes in flight."),
     out: Path = typer.Option(Path("runs/eval"), help="Run directory; the same command again resumes it."),
+    prompt: str = typer.Option("zoom", help="zoom: the released prompt with its zoom tool; direct: the no-zoom baseline (that prompt without the zoom sentence, one turn)."),
     temperature: float = typer.Option(1.0, help="Sampling temperature (the paper evaluates at 1.0)."),
     max_new_tokens: int = typer.Option(8192, help="Tokens per turn at most."),
     seed: int = typer.Option(0, help="Base seed of the per-turn sampling seeds."),
@@ -159,6 +171,7 @@ def eval_run(
     judge_mode: str = typer.Option("rescue", help="rescue: judge only rule misses; all: the judge decides every answer."),
     judge_api_key_env: str = typer.Option("MINI_O3_JUDGE_API_KEY", help="Environment variable holding the judge's key."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the policy server's key."),
+    max_context: int = typer.Option(INFERENCE_LIMITS.max_context_tokens, help="The model's context window in tokens: the server's --max-model-len when lower than the paper's 32,768."),
 ) -> None:
     """Evaluate a policy on a dataset, resumably, and write metrics.json and index.html."""
     if ctx.invoked_subcommand is not None:
@@ -168,27 +181,52 @@ def eval_run(
 
     if data is None:
         raise typer.BadParameter("--data SPEC is required (e.g. synthetic:runs/synth-hard or vstar:/data/vstar_bench)")
+    check_context(max_context)
     judge = None
     if judge_api is not None:
         if not judge_model:
             raise typer.BadParameter("--judge-api needs --judge-model")
         judge = JudgeConfig(base_url=judge_api, model=judge_model, api_key_env=judge_api_key_env)
-    config = EvalConfig(
-        data=data, out=out, samples=samples, max_turns=max_turns, concurrency=concurrency, temperature=temperature,
-        max_new_tokens=max_new_tokens, seed=seed, limit=limit, skip_bad=skip_bad, retry_errors=retry_errors,
-        max_pixels=max_pixels, min_pixels=min_pixels, numbering=numbering, judge=judge, judge_mode=judge_mode,
-    )
+    try:
+        config = EvalConfig(
+            data=data, out=out, samples=samples, max_turns=max_turns or (1 if prompt == "direct" else 32), prompt=prompt,
+            concurrency=concurrency, temperature=temperature,
+            max_new_tokens=max_new_tokens, seed=seed, limit=limit, skip_bad=skip_bad, retry_errors=retry_errors,
+            max_pixels=max_pixels, min_pixels=min_pixels, numbering=numbering, judge=judge, judge_mode=judge_mode,
+            max_context_tokens=max_context,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    from mini_o3.data.benchmarks.common import DatasetError
+    from mini_o3.eval.run_dir import RunDirError
+
     policy = build_policy(api, model, model_path, api_key_env)
-    result = run_eval(config, policy, console=console)
+    try:
+        result = run_eval(config, policy, console=console)
+    except (RunDirError, DatasetError) as error:  # a user's folder or file: one line, no traceback
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"report: {result.run_dir / 'index.html'}")
 
 
 @eval_app.command("compare")
-def eval_compare(run_a: Path = typer.Argument(..., help="First run directory."), run_b: Path = typer.Argument(..., help="Second run directory.")) -> None:
-    """Show two evaluation runs side by side."""
-    from mini_o3.eval.report import compare_runs
+def eval_compare(
+    run_a: Path = typer.Argument(..., help="First run directory (e.g. the no-zoom baseline)."),
+    run_b: Path = typer.Argument(..., help="Second run directory (e.g. the zoom run)."),
+    html: Optional[Path] = typer.Option(None, help="Also write a page with every gained and lost question here."),
+    show: int = typer.Option(20, help="Gained and lost questions listed on the console, each."),
+) -> None:
+    """Two runs side by side, and per question what B gained and lost against A."""
+    from mini_o3.eval.compare import print_comparison, write_comparison
+    from mini_o3.eval.run_dir import RunDirError
 
-    console.print(compare_runs(run_a, run_b))
+    try:
+        print_comparison(console, run_a, run_b, show)
+        if html is not None:
+            console.print(f"wrote {write_comparison(run_a, run_b, html)}")
+    except RunDirError as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
 
 
 @eval_app.command("rescore")
@@ -227,6 +265,7 @@ def collect(
     limit: Optional[int] = typer.Option(None, help="Only the first N questions."),
     skip_bad: bool = typer.Option(False, help="Skip and count bad records."),
     out: str = typer.Option("runs/collect", help="Output folder; the same command again resumes."),
+    max_context: int = typer.Option(INFERENCE_LIMITS.max_context_tokens, help="The model's context window in tokens: the server's --max-model-len when lower than the paper's 32,768."),
 ) -> None:
     """Collect cold-start trajectories: keep only correct, well-formed, balanced, unique ones."""
     from mini_o3.coldstart.collect import CollectConfig, CollectDirError
@@ -234,11 +273,12 @@ def collect(
 
     if policy not in ("api", "local", "oracle"):
         raise typer.BadParameter("--policy must be api, local or oracle")
+    check_context(max_context)
     config = CollectConfig(
         data=data, policy=policy, api=api, model=model, model_path=model_path, exemplars=exemplars,
         exemplars_per_prompt=exemplars_per_prompt, per_question=per_question, rounds=rounds, max_turns=max_turns,
         temperature=temperature, add_accepted_to_exemplars=add_accepted_to_exemplars, concurrency=concurrency,
-        seed=seed, limit=limit, skip_bad=skip_bad, out=out,
+        seed=seed, limit=limit, skip_bad=skip_bad, out=out, max_context_tokens=max_context,
     )
     print_config("collect", config.to_dict())
     try:
@@ -315,17 +355,22 @@ def serve(
     model_path: Path = typer.Option(..., help="A local Qwen2.5-VL-class checkpoint directory to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    name: str = typer.Option("mini-o3", help="The model name the server reports."),
-    api_key_env: Optional[str] = typer.Option(None, help="Require the key in this environment variable from clients."),
+    name: str = typer.Option("mini-o3", help="The model name the server serves (other names get 404, as from vLLM)."),
+    api_key_env: Optional[str] = typer.Option(None, help="Require the key in this environment variable from clients (it must be set)."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a key on an address other than loopback."),
+    max_model_len: Optional[int] = typer.Option(None, help="Refuse (400) requests whose prompt plus max_tokens exceed this many tokens, as vLLM does."),
 ) -> None:
     """Serve a local checkpoint as an OpenAI-compatible chat-completions server."""
-    import os
+    from mini_o3.serve import serve_forever, server_api_key
 
+    try:
+        api_key = server_api_key(api_key_env, no_auth, host)
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(2)
     from mini_o3.policies.local import LocalPolicy
-    from mini_o3.serve import serve_forever
 
-    api_key = os.environ.get(api_key_env) if api_key_env else None
-    serve_forever(LocalPolicy(model_path), host=host, port=port, model=name, api_key=api_key)
+    serve_forever(LocalPolicy(model_path), host=host, port=port, model=name, api_key=api_key, max_model_len=max_model_len)
 
 
 @app.command()

@@ -16,12 +16,15 @@ import hmac
 import io
 import json
 import logging
+import math
+import os
 import socket
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, fields
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,6 +39,8 @@ from mini_o3.policies.scripted import count_prompt_tokens
 log = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
+DEFAULT_MODEL_NAME = "mini-o3"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 OPENAI_FIELDS = frozenset(
     "model messages temperature top_p max_tokens max_completion_tokens stop seed n stream stream_options "
     "presence_penalty frequency_penalty logit_bias logprobs top_logprobs user response_format tools "
@@ -47,8 +52,9 @@ OPENAI_FIELDS = frozenset(
 class ServeOptions:
     """How the server behaves beyond serving the policy."""
 
-    model: str = "mini-o3"
-    """The model name /v1/models lists and replies carry; requests may name any model."""
+    model: str | None = None
+    """The model name /v1/models lists; a request naming another gets 404, as from vLLM. None (tests,
+    benchmarks) answers to any name and lists "mini-o3"."""
     delay_s: float = 0.0
     """Every chat request takes at least this long, the policy's own time included (a fixed model latency)."""
     fail_first_n: int = 0
@@ -65,14 +71,17 @@ class ServeOptions:
     """Close a keep-alive connection idle for this long."""
     strict_fields: bool = False
     """Refuse request fields outside OpenAI's own (as api.openai.com does), e.g. vLLM's extras."""
+    max_model_len: int | None = None
+    """Refuse with 400, as vLLM's --max-model-len does, a request whose prompt (mini-o3's token estimate) plus max_tokens exceeds this."""
 
 
 class RequestError(ValueError):
-    """A request the server refuses; `status` is the HTTP status to answer with."""
+    """A request the server refuses; `status` is the HTTP status to answer with, `param` the field at fault."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.param = param
 
 
 # ---------------------------------------------------------------- OpenAI form -> protocol form
@@ -128,25 +137,43 @@ def _part_from_openai(part: Any, number: int) -> dict[str, Any]:
 
 
 def sampling_from_request(body: dict[str, Any]) -> SamplingParams:
-    """The request's sampling settings (OpenAI names) as SamplingParams."""
+    """The request's sampling settings (OpenAI names) as SamplingParams; a RequestError (400) names a bad one.
+
+    The ranges are vLLM's (vllm/sampling_params.py, `SamplingParams._verify_args`): temperature
+    finite in [0, 2], top_p in (0, 1], max_tokens at least 1.
+    """
     stop = body.get("stop")
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or SamplingParams.max_new_tokens
-    try:
-        return SamplingParams(
-            temperature=float(_given(body, "temperature", 1.0)),
-            top_p=float(_given(body, "top_p", 1.0)),
-            max_new_tokens=int(max_tokens),
-            stop=tuple(str(s) for s in stops),
-            seed=None if body.get("seed") is None else int(body["seed"]),
-        )
-    except (TypeError, ValueError) as error:
-        raise RequestError(f"bad sampling parameter: {error}") from error
+    stops = (stop,) if isinstance(stop, str) else () if stop is None else stop
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
+        raise RequestError(f"stop must be a non-empty string or a list of them, got {stop!r}", param="stop")
+    temperature = _number(body, "temperature", 1.0)
+    top_p = _number(body, "top_p", 1.0)
+    max_tokens = _number(body, "max_completion_tokens", None)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_tokens", SamplingParams.max_new_tokens)
+    seed = _number(body, "seed", None)
+    if not 0.0 <= temperature <= 2.0:
+        raise RequestError(f"temperature must be in [0, 2], got {temperature}.", param="temperature")
+    if not 0.0 < top_p <= 1.0:
+        raise RequestError(f"top_p must be in (0, 1], got {top_p}.", param="top_p")
+    if max_tokens != int(max_tokens) or max_tokens < 1:
+        raise RequestError(f"max_tokens must be an integer of at least 1, got {max_tokens}.", param="max_tokens")
+    if seed is not None and seed != int(seed):
+        raise RequestError(f"seed must be an integer, got {seed}.", param="seed")
+    return SamplingParams(
+        temperature=temperature, top_p=top_p, max_new_tokens=int(max_tokens), stop=tuple(stops),
+        seed=None if seed is None else int(seed),
+    )
 
 
-def _given(body: dict[str, Any], key: str, default: Any) -> Any:
+def _number(body: dict[str, Any], key: str, default: float | None) -> Any:
+    """A finite number from the request, `default` when absent or null."""
     value = body.get(key)
-    return default if value is None else value
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"{key} must be a finite number, got {value!r}.", param=key)
+    return value
 
 
 # ---------------------------------------------------------------- the server
@@ -242,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"status": "ok"})
         elif path == "/v1/models":
             if self._authorized():
-                model = {"id": self.server.options.model, "object": "model", "created": 0, "owned_by": "mini-o3"}
+                model = {"id": self.server.options.model or DEFAULT_MODEL_NAME, "object": "model", "created": 0, "owned_by": "mini-o3"}
                 self._send_json(200, {"object": "list", "data": [model]})
         else:
             self._send_error(404, f"no route GET {path}; try {CHAT_PATH}, /v1/models or /health", "not_found")
@@ -252,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
         except RequestError as error:
-            self._send_error(error.status, str(error), "invalid_request_error")
+            self._send_error(error.status, str(error), "invalid_request_error", param=error.param)
             return
         if path != CHAT_PATH:
             self._send_error(404, f"no route POST {path}; the chat endpoint is {CHAT_PATH}", "not_found")
@@ -267,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             reply = self._complete(body)
         except RequestError as error:
-            self._send_error(error.status, str(error), "invalid_request_error")
+            self._send_error(error.status, str(error), "invalid_request_error", param=error.param)
             return
         except PolicyError as error:
             self._send_error(500, f"the policy failed: {error}", "policy_error")
@@ -283,16 +310,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _complete(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
+        served, requested = self.server.options.model, body.get("model")
+        if served is not None and requested is not None and requested != served:
+            raise RequestError(f"The model `{requested}` does not exist (this server serves `{served}`).", 404, param="model")
         if self.server.options.strict_fields:
             unknown = sorted(set(body) - OPENAI_FIELDS)
             if unknown:
                 raise RequestError(f"Unrecognized request argument supplied: {', '.join(unknown)}")
         if body.get("stream"):
-            raise RequestError("streaming is not supported by this server; send stream=false")
-        if body.get("n", 1) != 1:
-            raise RequestError("n must be 1 (send one request per sample)")
+            raise RequestError("streaming is not supported by this server; send stream=false", param="stream")
+        if body.get("n", 1) not in (1, None):
+            raise RequestError("n must be 1 (send one request per sample)", param="n")
         messages = messages_from_openai(body.get("messages"))
         sampling = sampling_from_request(body)
+        window = self.server.options.max_model_len
+        if window is not None:
+            prompt = count_prompt_tokens(messages)
+            if prompt + sampling.max_new_tokens > window:
+                raise RequestError(
+                    f"'max_tokens' or 'max_completion_tokens' is too large: {sampling.max_new_tokens}. This model's maximum "
+                    f"context length is {window} tokens and your request has {prompt} input tokens.", param="max_tokens",
+                )
         started = time.perf_counter()
         generation = self.server.policy.generate(messages, sampling)
         remaining = self.server.options.delay_s - (time.perf_counter() - started)
@@ -312,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": body.get("model") or self.server.options.model,
+            "model": body.get("model") or self.server.options.model or DEFAULT_MODEL_NAME,
             "choices": [
                 {
                     "index": 0,
@@ -345,7 +383,13 @@ class _Handler(BaseHTTPRequestHandler):
         if length is None:
             self.close_connection = True
             raise RequestError("a Content-Length header is required (chunked bodies are not supported)", 411)
-        size = int(length)
+        try:
+            size = int(length)
+        except ValueError:
+            size = -1
+        if size < 0:
+            self.close_connection = True
+            raise RequestError(f"Content-Length must be a whole number of bytes, got {length!r}")
         if size > self.server.options.max_body_bytes:
             self.close_connection = True
             raise RequestError(f"request body of {size:,} bytes is over the limit of {self.server.options.max_body_bytes:,}", 413)
@@ -365,10 +409,21 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if getattr(self, "command", None) != "HEAD":
+            self.wfile.write(data)
 
-    def _send_error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
-        self._send_json(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+    def _send_error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None, param: str | None = None) -> None:
+        self._send_json(status, {"error": {"message": message, "type": kind, "param": param, "code": status}}, headers)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, unknown method, huge headers) as JSON too."""
+        if code == HTTPStatus.NOT_IMPLEMENTED and getattr(self, "command", None):
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command} is not allowed; use GET or POST"
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # unparsed request line: answer with a status line and headers all the same
+            self.request_version = "HTTP/1.0"
+        allow = {"Allow": "GET, POST", "Connection": "close"} if code == HTTPStatus.METHOD_NOT_ALLOWED else {"Connection": "close"}
+        self._send_error(code, message or HTTPStatus(code).phrase, "invalid_request_error", allow)
 
 
 def start_server(policy: Policy, host: str = "127.0.0.1", port: int = 0, **options: Any) -> tuple[PolicyServer, str]:
@@ -380,10 +435,31 @@ def start_server(policy: Policy, host: str = "127.0.0.1", port: int = 0, **optio
     return server, server.url
 
 
+def server_api_key(api_key_env: str | None, no_auth: bool, host: str) -> str | None:
+    """The key clients must send, from `api_key_env`; None only when serving without one was asked for or is local.
+
+    A named variable that is unset or empty is an error, never a silent open server; serving
+    without a key on an address other clients can reach needs `no_auth`.
+    """
+    if api_key_env and no_auth:
+        raise ValueError("give either --api-key-env NAME (clients must send that key) or --no-auth, not both")
+    if api_key_env:
+        key = (os.environ.get(api_key_env) or "").strip()
+        if not key:
+            raise ValueError(f"${api_key_env} is not set: export the key clients must send in it, or pass --no-auth to serve without one")
+        return key
+    if not no_auth and host not in LOOPBACK_HOSTS:
+        raise ValueError(f"serving on {host} without an API key lets anyone who can reach it use the model: "
+                         "pass --api-key-env NAME, or --no-auth to serve without a key")
+    return None
+
+
 def serve_forever(policy: Policy, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
     """Serve `policy` in this thread until interrupted (Ctrl-C)."""
     server = PolicyServer((host, port), policy, _options(options))
-    print(f"mini-o3: serving {type(policy).__name__} at {server.url} (Ctrl-C to stop)", flush=True)
+    auth = "clients must send the API key" if server.options.api_key else "no API key required"
+    print(f"mini-o3: serving {type(policy).__name__} as {server.options.model or DEFAULT_MODEL_NAME!r} at {server.url}, "
+          f"{auth} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -24,6 +24,13 @@ SYSTEM_PROMPT = (
     "within <answer> and </answer>."
 )
 
+DIRECT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the user's question based on the image provided. "
+    "Output your thinking process within the <think> and </think> tags. Once the final answer "
+    "is confirmed, put it within <answer> and </answer>."
+)
+"""SYSTEM_PROMPT without its zoom sentence: the no-zoom baseline's prompt (one turn, no tool offered)."""
+
 STOP_STRING = "</grounding>"
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 ORIGINAL_SOURCE = "original_image"
@@ -201,11 +208,15 @@ _SOURCE_RE = re.compile(r"""["']?source["']?\s*:\s*["']([^"']*)["']""")
 
 
 def extract_answer(text: str) -> str | None:
-    """The text inside the first `<answer>...</answer>`, stripped; None when there is none."""
-    match = _ANSWER_RE.search(text)
-    if match is None:
+    """The text inside the last complete `<answer>...</answer>`, stripped; None when there is none.
+
+    The last, as the released multiple-choice reward reads it (findall, then the final match):
+    a model that changes its mind answers with its final block.
+    """
+    found = _ANSWER_RE.findall(text)
+    if not found:
         return None
-    return match.group(1).strip()
+    return found[-1].strip()
 
 
 def parse_action(text: str) -> Action:

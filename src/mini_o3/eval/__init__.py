@@ -12,6 +12,11 @@ _EXPORTS = {
     "Score": "scoring",
     "write_report": "report",
     "compare_runs": "report",
+    "compare_questions": "compare",
+    "protocol_card": "card",
+    "DirectPromptPolicy": "baseline",
+    "search_behaviour": "behaviour",
+    "rotation_score": "rotation",
     "draw_zoom_boxes": "draw",
 }
 __all__ = sorted(_EXPORTS)

@@ -3,29 +3,26 @@
 The rubric plays the role of the paper's GPT-4o judge (question, ground truth and prediction
 in, "Score: 0 or 1" out) in our own wording. Every verdict is cached on disk in a JSONL file
 keyed by a hash of the rubric version, model, question, ground truth and prediction, so
-rescoring a run never calls the judge twice for the same answer. Transient failures (429,
-5xx, timeouts, refused connections) are retried with exponential backoff; the API key is
-read from an environment variable at request time and never stored, logged or cached.
+rescoring a run never calls the judge twice for the same answer. The HTTP is the policy's
+(`mini_o3.policies.chat_client`, on httpx): transient failures (429, 5xx, timeouts, dropped
+connections) are retried with exponential backoff or the server's Retry-After; the API key is
+read from an environment variable when the judge is made, and redacted from every error and
+log line; verdicts and the cache never hold it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from mini_o3.jsonl import JsonlAppender, JsonlError, iter_numbered
-from mini_o3.policies.http import normalize_base_url
 from mini_o3.eval.scoring import Score
+from mini_o3.jsonl import JsonlAppender, JsonlError, iter_numbered
+from mini_o3.policies.chat_client import ChatClient, ChatRequestError
 
 RUBRIC_VERSION = "1"
 """Part of every cache key: change it when the rubric's wording changes."""
@@ -172,15 +169,19 @@ class VerdictCache:
 class LLMJudge:
     """Judge predictions through an OpenAI-compatible endpoint, with a disk cache and retries."""
 
-    def __init__(self, config: JudgeConfig, client: httpx.Client | None = None) -> None:
+    def __init__(self, config: JudgeConfig) -> None:
         self.config = config
-        self.url = normalize_base_url(config.base_url) + "/chat/completions"
+        self._client = ChatClient(
+            config.base_url, api_key_env=config.api_key_env, timeout_s=config.timeout_s, max_retries=config.max_retries,
+            backoff_s=config.backoff_s, max_backoff_s=config.max_backoff_s,
+        )
+        self.url = self._client.base_urls[0] + "/chat/completions"
         self.cache = VerdictCache(config.cache_path)
-        self._client = client or httpx.Client(timeout=config.timeout_s)
-        self._owns_client = client is None
-        self.requests_sent = 0
+
+    @property
+    def requests_sent(self) -> int:
         """HTTP requests made by this judge, retries included."""
-        self._count_lock = threading.Lock()
+        return self._client.requests_sent
 
     def judge(self, question: str, ground_truth: str, prediction: str | None) -> Verdict:
         """The verdict on `prediction`; None or an empty prediction is wrong without a request."""
@@ -193,7 +194,7 @@ class LLMJudge:
         reply = self._complete(judge_messages(question, ground_truth, prediction))
         score = parse_judge_score(reply)
         if score is None:
-            raise JudgeError(f"the judge {self.config.model!r} replied without a score: {reply.strip()[:200]!r}")
+            raise JudgeError(self._client.redact(f"the judge {self.config.model!r} replied without a score: {reply.strip()[:200]!r}"))
         self.cache.put(
             {"key": key, "model": self.config.model, "question": question, "ground_truth": ground_truth,
              "prediction": prediction, "score": score, "raw": reply}
@@ -203,42 +204,24 @@ class LLMJudge:
     def _complete(self, messages: list[dict[str, str]]) -> str:
         body = {"model": self.config.model, "messages": messages, "temperature": self.config.temperature,
                 "max_tokens": self.config.max_tokens}
-        headers = {"Content-Type": "application/json"}
-        api_key = os.environ.get(self.config.api_key_env)
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        problem, retry_after = "", 0.0
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                time.sleep(self._delay(attempt, retry_after))
-            with self._count_lock:
-                self.requests_sent += 1
-            retry_after = 0.0
-            try:
-                response = self._client.post(self.url, json=body, headers=headers)
-            except httpx.TransportError as error:
-                problem = f"{type(error).__name__}: {error}"
-                continue
-            if response.status_code in (408, 409, 429) or response.status_code >= 500:  # as the policy client retries
-                problem = f"HTTP {response.status_code}"
-                retry_after = _seconds(response.headers.get("Retry-After"))
-                continue
-            if response.status_code != 200:
-                raise JudgeError(
-                    f"the judge at {self.url} refused the request: HTTP {response.status_code} {response.text[:200]!r} "
-                    f"(check the judge model name and the key in ${self.config.api_key_env})"
-                )
-            return _reply_text(response, self.url)
-        raise JudgeError(f"the judge at {self.url} failed after {self.config.max_retries + 1} attempts; last: {problem}")
-
-    def _delay(self, attempt: int, retry_after: float) -> float:
-        delay = self.config.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
-        return min(max(delay, retry_after), self.config.max_backoff_s)
+        try:
+            reply = self._client.post("/chat/completions", json.dumps(body).encode("utf-8"))
+        except ChatRequestError as error:
+            hint = f" (check the judge model name and the key in ${self.config.api_key_env})" if error.refused else ""
+            raise JudgeError(f"the judge at {self.url}: {error}{hint}") from None
+        try:
+            content = reply.payload["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as error:
+            raise JudgeError(self._client.redact(
+                f"the judge at {self.url} sent a reply that is not a chat completion ({error!r}): {json.dumps(reply.payload)[:200]}"
+            )) from None
+        if not isinstance(content, str):
+            raise JudgeError(self._client.redact(f"the judge at {self.url} sent no text content: {json.dumps(reply.payload)[:200]}"))
+        return self._client.redact(content)
 
     def close(self) -> None:
-        """Close the HTTP client (when this judge made it) and the cache file."""
-        if self._owns_client:
-            self._client.close()
+        """Close the idle connections and the cache file."""
+        self._client.close()
         self.cache.close()
 
     def __enter__(self) -> "LLMJudge":
@@ -246,21 +229,3 @@ class LLMJudge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _seconds(header: str | None) -> float:
-    """A Retry-After header in seconds (0 when absent or an HTTP date, which we do not parse)."""
-    try:
-        return max(0.0, float(header)) if header else 0.0
-    except ValueError:
-        return 0.0
-
-
-def _reply_text(response: httpx.Response, url: str) -> str:
-    try:
-        content = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as error:
-        raise JudgeError(f"the judge at {url} sent a reply that is not a chat completion ({error}): {response.text[:200]!r}") from error
-    if not isinstance(content, str):
-        raise JudgeError(f"the judge at {url} sent no text content: {response.text[:200]!r}")
-    return content

@@ -8,6 +8,10 @@ budget, so a run with budget k is the same conversation as the first k turns of 
 larger budget, ending as over_turn if turn k was a zoom (`truncate_trajectory`, proved against
 `ZoomEnv` in tests/test_metrics.py). An episode answered correctly at turn t therefore counts as
 correct for every budget >= t and wrong below it.
+
+`summarize` also carries how the policy searched (mini_o3.eval.behaviour: zooms, repeated crops,
+crops on the annotated target, accuracy against tokens) and, for HR-Bench, the score over its
+option rotations (mini_o3.eval.rotation).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Iterable
 
 from mini_o3.agent import protocol
 from mini_o3.agent.env import approximate_tokens, image_tokens, message_tokens
+from mini_o3.eval import crops
 from mini_o3.eval.scoring import Score
 from mini_o3.agent.trajectory import Status, Trajectory, TurnRecord
 
@@ -51,6 +56,18 @@ class EpisodeResult:
     """Per turn, the tokens the model wrote."""
     latency_s: list[float] = field(default_factory=list)
     """Per turn, seconds spent generating."""
+    zooms: int = 0
+    """Crops the model was shown."""
+    repeated_zooms: int = 0
+    """Crops whose box repeats a view already seen in the episode (mini_o3.eval.crops.repeated_crops)."""
+    target_zooms: int | None = None
+    """Crops that hold an annotated target; None when the sample has no target boxes."""
+    generated_tokens: int = 0
+    """Tokens the model wrote over the whole episode (the engine's counts, else the env's estimate)."""
+    cycle: int | None = None
+    """HR-Bench's option rotation (cycle_category 0-3); None for other data."""
+    group: str = ""
+    """The question a rotation belongs to (the same for its four rotations); empty for other data."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -86,6 +103,14 @@ class EpisodeResult:
             prompt_tokens=[turn.prompt_tokens for turn in trajectory.turns],
             completion_tokens=[turn.completion_tokens for turn in trajectory.turns],
             latency_s=[turn.latency_s for turn in trajectory.turns],
+            zooms=trajectory.num_zooms,
+            repeated_zooms=crops.repeated_crops(trajectory),
+            target_zooms=crops.crops_on_target(trajectory),
+            generated_tokens=sum(
+                turn.completion_tokens if turn.completion_tokens is not None else approximate_tokens(turn.text) for turn in trajectory.turns
+            ),
+            cycle=trajectory.meta.get("cycle_category"),
+            group=str(trajectory.meta.get("group") or ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -260,6 +285,11 @@ def summarize(results: Iterable[EpisodeResult], max_turns: int) -> dict[str, Any
         ks = sorted({2**power for power in range(runs[0].bit_length()) if 2**power <= runs[0]} | {runs[0]})
         summary["pass_at"] = {str(k): pass_at_k(results, k) for k in ks}
         summary["accuracy_by_budget"] = accuracy_by_budget(results, max_turns)
+    from mini_o3.eval.behaviour import search_behaviour
+    from mini_o3.eval.rotation import rotation_score
+
+    summary["search"] = search_behaviour(results) if results else None
+    summary["rotation"] = rotation_score(results)
     return summary
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from mini_o3.eval.card import card_rows
 from mini_o3.eval.draw import draw_zoom_boxes
 from mini_o3.eval.runner import CONFIG_FILE, METRICS_FILE, RunDirError, latest_trajectories, read_results
 from mini_o3.jsonl import write_atomic
@@ -32,6 +33,7 @@ REPORT_DIR = "report"
 INDEX_FILE = "index.html"
 ACCURACY_PLOT = "accuracy_by_budget.png"
 TURNS_PLOT = "turn_histogram.png"
+TOKENS_PLOT = "accuracy_by_tokens.png"
 
 # No script may run, whatever the page holds; images only from the run directory.
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -124,6 +126,29 @@ def plot_turn_histogram(metrics: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def plot_accuracy_by_tokens(metrics: dict[str, Any], path: Path) -> Path:
+    """A PNG of Avg@K against a cap on the tokens an episode may generate (log scale), read off one run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    search = metrics.get("search") or {}
+    budgets, accuracy = search.get("token_budgets") or [], search.get("accuracy_by_tokens") or []
+    figure = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(budgets, [100 * value for value in accuracy], marker="o", markersize=3)
+    if budgets:
+        axes.set_xscale("log", base=2)
+    axes.set_xlabel("generated tokens per episode at most")
+    axes.set_ylabel("Avg@K accuracy (%)")
+    axes.set_title("Accuracy against tokens spent")
+    axes.set_ylim(0, 100)
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
 # ---------------------------------------------------------------- the page
 
 
@@ -165,6 +190,49 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     for name, stats in (metrics.get("per_turn") or {}).items():
         if stats.get("count"):
             rows.append((f"per turn: {name}", f"mean {_number(stats['mean'])}, p50 {_number(stats['p50'])}, p90 {_number(stats['p90'])}, max {_number(stats['max'])}"))
+    rows += search_rows(metrics) + rotation_rows(metrics)
+    return rows
+
+
+def search_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """How the policy searched: zooms, repeated crops, crops on the annotated target, tokens."""
+    search = metrics.get("search") or {}
+    if not search:
+        return []
+    zooms = search.get("zooms_per_episode") or {}
+    rows = [
+        ("zooms per episode", f"mean {_number(zooms.get('mean'))}, p90 {_number(zooms.get('p90'))}, max {_number(zooms.get('max'))}; "
+                              f"episodes by zooms 0, 1, 2, ...: {search.get('zoom_histogram')}"),
+        ("repeated crops", f"{_number(search.get('repeated_zooms'))} of {_number(search.get('zooms'))} zooms ({_percent(search.get('repeated_share'))}) "
+                           f"repeat a box already seen; {_percent(search.get('episodes_with_a_repeat'))} of episodes repeat one"),
+    ]
+    target = search.get("target")
+    if target:
+        rows.append(("crops on the target", f"{_number(target['zooms_on_target'])} of {_number(target['zooms'])} zooms ({_percent(target['share_of_zooms'])}) "
+                                            f"hold an annotated target; {_percent(target['episodes_that_found_it'])} of {_number(target['episodes'])} episodes "
+                                            f"zoom onto it; accuracy {_percent(target['accuracy_when_found'])} when they do, "
+                                            f"{_percent(target['accuracy_when_not_found'])} when not"))
+    tokens = search.get("generated_tokens") or {}
+    if tokens.get("count"):
+        correct = search.get("generated_tokens_correct") or {}
+        rows.append(("generated tokens per episode", f"mean {_number(tokens['mean'])}, p90 {_number(tokens['p90'])}, max {_number(tokens['max'])}; "
+                                                     f"correct episodes mean {_number(correct.get('mean'))}"))
+    return rows
+
+
+def rotation_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """HR-Bench's rotation score beside plain accuracy (see mini_o3.eval.rotation)."""
+    rotation = metrics.get("rotation")
+    if not rotation:
+        return []
+    cycles = ", ".join(f"{cycle}: {_percent(value)}" for cycle, value in rotation["cycles"].items())
+    rows = [
+        ("HR-Bench score (mean over rotations)", f"{_percent(rotation['average'])} (per rotation {cycles}); plain Avg@K {_percent(rotation['plain'])}"),
+        ("right in all rotations", f"{_percent(rotation['all_rotations'])} of {rotation['questions']} questions "
+                                   f"({rotation['complete_groups']} with every rotation; a stricter check, not the authors' score)"),
+    ]
+    for category, values in rotation["by_category"].items():
+        rows.append((f"HR-Bench {category}", f"{_percent(values['average'])} (mean over rotations)"))
     return rows
 
 
@@ -212,6 +280,7 @@ def write_report(run_dir: str | Path, max_episodes: int = 200) -> Path:
     (report_dir / "boxes").mkdir(parents=True, exist_ok=True)
     plot_accuracy_by_budget(metrics, report_dir / ACCURACY_PLOT)
     plot_turn_histogram(metrics, report_dir / TURNS_PLOT)
+    plot_accuracy_by_tokens(metrics, report_dir / TOKENS_PLOT)
 
     results = read_results(run_dir)
     trajectories = latest_trajectories(run_dir)
@@ -239,6 +308,8 @@ def write_report(run_dir: str | Path, max_episodes: int = 200) -> Path:
 data: {_e((config.get('dataset') or {}).get('kind', ''))} {_e((config.get('dataset') or {}).get('path', ''))} ·
 temperature {_e(settings.get('temperature', '?'))} · max turns {_e(settings.get('max_turns', '?'))} ·
 judge: {_e((settings.get('judge') or {}).get('model', 'none') if settings.get('judge') else 'none (rules only)')}</p>
+<h2>Protocol</h2>
+{_table(card_rows(metrics.get('protocol') or config.get('protocol') or {}), ('setting', 'value')) if (metrics.get('protocol') or config.get('protocol')) else '<p class=muted>this run has no protocol card (made before cards)</p>'}
 <h2>Metrics</h2>
 {_table(summary_rows(metrics))}
 {_breakdown_table(metrics.get('by_split') or {}, 'split')}
@@ -246,7 +317,8 @@ judge: {_e((settings.get('judge') or {}).get('model', 'none') if settings.get('j
 <h3>Avg@{_e(runs)} at every turn budget (read off the same run)</h3>
 {_budget_table(metrics)}
 <div class=plots><img src="{_src(f'{REPORT_DIR}/{ACCURACY_PLOT}')}" alt="accuracy against the turn budget">
-<img src="{_src(f'{REPORT_DIR}/{TURNS_PLOT}')}" alt="turns of correct trajectories"></div>
+<img src="{_src(f'{REPORT_DIR}/{TURNS_PLOT}')}" alt="turns of correct trajectories">
+<img src="{_src(f'{REPORT_DIR}/{TOKENS_PLOT}')}" alt="accuracy against tokens spent"></div>
 <h2>Trajectories</h2>
 <p class=muted>showing {len(shown)} of {len(keys)} episodes (run 0 of every question first). Box <i>i</i> on the original is <code>observation_i</code>.</p>
 <table><thead><tr><th>question id</th><th>run</th><th>status</th><th>score</th><th>turns</th></tr></thead><tbody>{index_rows}</tbody></table>
@@ -364,6 +436,17 @@ def _comparison_rows(metrics: dict[str, Any]) -> dict[str, tuple[float | None, s
     budgets = sorted({b for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if b <= len(accuracy)} | ({len(accuracy)} if accuracy else set()))
     for budget in budgets:
         percent(f"Avg@K at {budget} turns", accuracy[budget - 1])
+    rotation = metrics.get("rotation") or {}
+    if rotation:
+        percent("HR-Bench score (mean over rotations)", rotation.get("average"))
+        percent("right in all rotations", rotation.get("all_rotations"))
+    search = metrics.get("search") or {}
+    if search:
+        plain("zooms per episode mean", (search.get("zooms_per_episode") or {}).get("mean"))
+        percent("repeated crops (share of zooms)", search.get("repeated_share"))
+        if search.get("target"):
+            percent("zooms on the target (share)", search["target"].get("share_of_zooms"))
+        plain("generated tokens per episode mean", (search.get("generated_tokens") or {}).get("mean"))
     for status, count in (metrics.get("status_counts") or {}).items():
         plain(f"status {status}", count)
     for name, label in (("turns", "turns mean"), ("turns_correct", "turns mean (correct)")):

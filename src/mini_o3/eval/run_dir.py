@@ -24,16 +24,16 @@ SKIPPED_FILE = "skipped.txt"
 
 RUN_LAYOUT = """\
 RUN_DIR/
-  config.json                      the EvalConfig, the policy, the package version, what the data spec loaded
+  config.json                      the EvalConfig, the policy, the package version, what the data spec loaded, the protocol card
   trajectories.jsonl               every finished episode, appended as it finishes (a retried episode's last line wins)
   views/<sample>__r<run>/<i>.jpg   every image the model saw (0 = the original as shown, i = observation_i)
   results.jsonl                    one line per episode: status, turns, answer, rule score, judge score, final score
                                    (appended as episodes finish; rewritten to exactly the run's episodes at the end)
   judge_cache.jsonl                judge verdicts keyed by a hash of (rubric, model, question, truth, answer)
   skipped.txt                      bad data records skipped at load time (skip_bad), one reason a line
-  metrics.json                     mini_o3.eval.metrics.summarize over the run's episodes
+  metrics.json                     the protocol card and mini_o3.eval.metrics.summarize over the run's episodes
   index.html                       the report: metrics tables, plots, trajectory viewer (mini_o3.eval.report)
-  report/                          the plots (accuracy_by_budget.png, turn_histogram.png) and boxes/<episode>.jpg
+  report/                          the plots (accuracy_by_budget.png, turn_histogram.png, accuracy_by_tokens.png) and boxes/<episode>.jpg
 """
 """What a run directory holds."""
 

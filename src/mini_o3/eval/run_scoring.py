@@ -35,6 +35,7 @@ def result_record(trajectory: Trajectory, rule: Score, judge: Score | None = Non
         "run": int(trajectory.meta.get("run", 0)),
         "status": trajectory.status.value,
         "turns": trajectory.num_turns,
+        "zooms": trajectory.num_zooms,
         "split": trajectory.split,
         "category": trajectory.category,
         "answer": trajectory.answer,
@@ -138,10 +139,11 @@ def summarize_run(
     trajectories: dict[tuple[str, int], Trajectory],
     records: dict[tuple[str, int], dict[str, Any]],
     max_turns: int,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """mini_o3.eval.metrics.summarize over a run's episodes, written to metrics.json."""
+    """mini_o3.eval.metrics.summarize over a run's episodes, with the run's protocol card, written to metrics.json."""
     from mini_o3.eval import metrics
 
-    summary = metrics.summarize(episode_results(trajectories, records), max_turns)
+    summary = {"protocol": card or {}, **metrics.summarize(episode_results(trajectories, records), max_turns)}
     write_json(Path(run_dir) / METRICS_FILE, summary)
     return summary

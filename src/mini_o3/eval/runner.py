@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mini_o3 import __version__
@@ -58,17 +60,20 @@ from mini_o3.jsonl import JsonlAppender, repair_tail, write_atomic, write_json
 from mini_o3.eval.judge import JudgeConfig
 from mini_o3.agent.policy import Policy
 from mini_o3.policies.seeded import SeededPolicy
+from mini_o3.eval.baseline import DirectPromptPolicy
+from mini_o3.eval.card import card_rows, describe_policy, protocol_card, scoring_card
 from mini_o3.eval.scoring import Score
 from mini_o3.agent.store import TrajectoryStore
 from mini_o3.agent.trajectory import Status, Trajectory
 
 JUDGE_MODES = ("rescue", "all")
+PROMPT_MODES = ("zoom", "direct")
 
 # EvalConfig fields that change what an episode does or is scored on: a run directory made with
 # other values cannot be resumed with these, since its finished episodes would mean something else.
 _IDENTITY_FIELDS = (
     "data", "max_turns", "max_images", "max_context_tokens", "context_reserve", "numbering",
-    "temperature", "top_p", "max_new_tokens", "seed", "max_pixels", "min_pixels", "pixel_limit",
+    "temperature", "top_p", "max_new_tokens", "seed", "max_pixels", "min_pixels", "pixel_limit", "prompt",
 )
 
 
@@ -128,6 +133,9 @@ class EvalConfig:
     """The report's trajectory viewer shows at most this many episodes."""
     progress: bool = True
     """Show a progress bar."""
+    prompt: str = "zoom"
+    """"zoom": the released system prompt, which offers the zoom tool; "direct": the no-zoom baseline (the same prompt
+    without its zoom sentence, answered from the first view; needs max_turns=1; see mini_o3.eval.baseline)."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -143,6 +151,10 @@ class EvalConfig:
             raise ValueError(f"judge_mode must be one of {JUDGE_MODES}, got {self.judge_mode!r}")
         if self.numbering not in ("reference", "consistent"):
             raise ValueError(f"numbering must be 'reference' or 'consistent', got {self.numbering!r}")
+        if self.prompt not in PROMPT_MODES:
+            raise ValueError(f"prompt must be one of {PROMPT_MODES}, got {self.prompt!r}")
+        if self.prompt == "direct" and self.max_turns != 1:
+            raise ValueError(f"the direct (no-zoom) prompt answers from the first view: set max_turns to 1, not {self.max_turns}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be None or at least 0, got {self.limit}")
         if isinstance(self.judge, dict):
@@ -259,14 +271,36 @@ def rescore(
     config = load_config(run_dir)
     repair_tail(run_dir / TRAJECTORIES_FILE)
     trajectories = _run_trajectories(run_dir, config, read_results(run_dir))
-    records, _ = score_run(run_dir, trajectories, judge, judge_mode or config.judge_mode, config.judge_concurrency, console)
+    mode = judge_mode or config.judge_mode
+    records, _ = score_run(run_dir, trajectories, judge, mode, config.judge_concurrency, console)
     _write_results(run_dir, records.values())
-    summary = summarize_run(run_dir, trajectories, records, config.max_turns)
+    saved = _saved_card(run_dir)  # a run made before cards has none, and gets none
+    card = dict(saved, scoring=scoring_card(asdict(judge) if judge is not None else None, mode)) if saved else {}
+    summary = summarize_run(run_dir, trajectories, records, config.max_turns, card)
     if report:
         from mini_o3.eval.report import write_report
 
         write_report(run_dir, config.report_episodes)
     return summary
+
+
+def _check_same_data(run_dir: Path, card: dict[str, Any]) -> None:
+    """Refuse to resume a run whose data file changed since it started: its finished episodes answered other questions."""
+    before = (_saved_card(run_dir).get("data") or {}).get("sha256")
+    now = card["data"]["sha256"]
+    if before and now and before != now:
+        raise RunDirError(
+            f"{run_dir} was run on other data: the data's sha256 was {before[:16]}, now {now[:16]} "
+            f"({card['data']['covers']}); choose another --out, or restore the data"
+        )
+
+
+def _saved_card(run_dir: Path) -> dict[str, Any]:
+    """The protocol card config.json holds (empty for runs made before cards)."""
+    try:
+        return json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("protocol") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _run_trajectories(
@@ -297,17 +331,22 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
     _check_unique_ids(samples, config.data)
     if loaded.reasons:
         write_atomic(run_dir / SKIPPED_FILE, "".join(reason + "\n" for reason in loaded.reasons))
+    dataset = {"kind": loaded.kind, "path": str(loaded.path), "questions": len(samples), "skipped": loaded.skipped}
+    card = protocol_card(config.to_dict(), policy, dataset, samples)
+    _check_same_data(run_dir, card)
     write_json(
         run_dir / CONFIG_FILE,
         {
             "config": config.to_dict(),
             "mini_o3_version": __version__,
             "policy": describe_policy(policy),
-            "dataset": {"kind": loaded.kind, "path": str(loaded.path), "questions": len(samples), "skipped": loaded.skipped},
+            "dataset": dataset,
             "episode_config": asdict(config.episode_config()),
+            "protocol": card,
         },
     )
     console.print(loaded.summary())
+    print_card(console, card)
 
     for name in (TRAJECTORIES_FILE, RESULTS_FILE):
         cut = repair_tail(run_dir / name)
@@ -338,7 +377,9 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
         console.print(f"resuming: {resumed} of {len(wanted)} episodes already finished" + (f"; retrying {retried} errors" if retried else ""))
 
     turns, ran, started = 0, 0, time.perf_counter()
-    episode_policy: Policy = SeededPolicy(policy, config.seed) if config.seed is not None else policy
+    episode_policy: Policy = DirectPromptPolicy(policy) if config.prompt == "direct" else policy
+    if config.seed is not None:
+        episode_policy = SeededPolicy(episode_policy, config.seed)
     writer = _Writer(store, run_dir / RESULTS_FILE, latest, results)
     try:
         with _progress(console, config.progress) as progress:
@@ -347,6 +388,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
             for episode in run_episodes(episode_policy, _jobs(todo, by_id), config.episode_config(), config.concurrency):
                 # agent.run_episode leaves meta["run"] unset on an episode that failed before its first turn.
                 episode.trajectory.meta["run"] = episode.run
+                episode.trajectory.meta.update(sample_facts(by_id[episode.trajectory.sample_id], config.prompt))
                 writer.put(episode)
                 ran += 1
                 turns += episode.trajectory.num_turns
@@ -364,7 +406,7 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
     rules = {key: Score.from_dict(results[key]["rule"]) for key in trajectories}
     records, judge_errors = score_run(run_dir, trajectories, config.judge, config.judge_mode, config.judge_concurrency, console, rules)
     _write_results(run_dir, records.values())
-    summary = summarize_run(run_dir, trajectories, records, config.max_turns)
+    summary = summarize_run(run_dir, trajectories, records, config.max_turns, card)
     statuses: dict[str, int] = {}
     for trajectory in trajectories.values():
         statuses[trajectory.status.value] = statuses.get(trajectory.status.value, 0) + 1
@@ -385,15 +427,30 @@ def run_eval(config: EvalConfig, policy: Policy, console: Console | None = None)
         from mini_o3.eval.report import write_report
 
         write_report(run_dir, config.report_episodes)
+    print_card(console, card)
     _print_summary(console, result)
     return result
 
 
-def describe_policy(policy: Policy) -> str:
-    """A one-line description of a policy for config.json and the report (its repr when it has one)."""
-    if type(policy).__repr__ is not object.__repr__:
-        return repr(policy)
-    return f"{type(policy).__module__}.{type(policy).__qualname__}"
+def sample_facts(sample: Sample, prompt: str = "zoom") -> dict[str, Any]:
+    """What the metrics need from a sample beside its trajectory (target boxes, HR-Bench rotation), and the prompt mode."""
+    facts: dict[str, Any] = {"prompt": prompt}
+    if sample.boxes:
+        facts["target_boxes"] = [list(box) for box in sample.boxes]
+    for key in ("cycle_category", "group"):
+        if sample.meta.get(key) is not None:
+            facts[key] = sample.meta[key]
+    return facts
+
+
+def print_card(console: Console, card: dict[str, Any]) -> None:
+    """The protocol card as a two-column table."""
+    table = Table(title="protocol card", title_justify="left", show_header=False, box=None, padding=(0, 1))
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in card_rows(card):
+        table.add_row(name, escape(value))
+    console.print(table)
 
 
 class _Writer:
@@ -509,11 +566,32 @@ def _print_summary(console: Console, result: EvalResult) -> None:
     headline = _headline(result.metrics)
     if headline:
         console.print(headline)
+    for line in _figures(result.metrics):
+        console.print(line)
     if result.errors:
         console.print(f"[yellow]{result.errors} episodes ended in error; run the same command with --retry-errors to run them again[/yellow]")
     if result.judge_errors:
         console.print(f"[yellow]the judge gave no verdict on {result.judge_errors} episodes (they keep their rule score); rerun `rescore` to ask again[/yellow]")
     console.print(f"wrote {result.run_dir / METRICS_FILE}" + (f" and {result.run_dir / 'index.html'}" if (result.run_dir / "index.html").exists() else ""))
+
+
+def _figures(summary: dict[str, Any]) -> list[str]:
+    """The HR-Bench rotation score and the search figures, one line each, when the run has them."""
+    lines = []
+    rotation = summary.get("rotation")
+    if rotation:
+        cycles = ", ".join(f"{100 * value:.1f}" for value in rotation["cycles"].values())
+        lines.append(f"HR-Bench score (mean over its option rotations) {100 * rotation['average']:.1f}% (rotations {cycles}); "
+                     f"right in all rotations {100 * rotation['all_rotations']:.1f}%")
+    search = summary.get("search")
+    if search and search["zooms"]:
+        line = (f"zooms per episode {search['zooms_per_episode']['mean']:.2f}; {100 * search['repeated_share']:.1f}% of zooms repeat a box "
+                f"already seen")
+        target = search.get("target")
+        if target and target["share_of_zooms"] is not None:
+            line += f"; {100 * target['share_of_zooms']:.1f}% hold the annotated target"
+        lines.append(line)
+    return lines
 
 
 def _headline(summary: dict[str, Any]) -> str:
@@ -539,6 +617,8 @@ __all__ = [
     "EvalResult",
     "RunDirError",
     "describe_policy",
+    "print_card",
+    "sample_facts",
     "episode_results",
     "latest_trajectories",
     "load_config",

@@ -1,24 +1,32 @@
 """Rule-based answer matching: option letters and texts for multiple choice, normalised text and numbers for open answers.
 
-The rules follow shared/reference/benchmarks.md ("Scoring rules"). The policy is deliberately
+The rules follow shared/reference/benchmarks.md ("Scoring rules"); docs/scoring.md says where
+they differ from lmms-eval and the released Mini-o3 rule, and why. The policy is deliberately
 conservative: a missed match can be rescued by the optional LLM judge (mini_o3.eval.judge), but a
-false match is invisible in the numbers. What counts:
+false match is invisible in the numbers. tests/fixtures/graded_answers.jsonl holds hundreds of
+graded answers; the rules credit none that the grader marks wrong. What counts:
 
 Multiple choice (`options` given, ground truth a letter or an option's text):
-- the right letter alone: "B", "b", "(B)", "[B]", "B.", "B)", "B:", after an optional lead-in
-  ("Answer:", "The answer is", "Option", "The correct choice is"), and inside markdown bold,
-  quotes or `\\boxed{}`;
-- the right letter marked as a label, followed by text: "(B) cotton", "B. cotton", "B) cotton",
-  "B: cotton". A letter followed only by a space is not a label: "A red car" is read as text,
-  never as letter A. If the text after the label is another option's text, the answer is
-  contradictory and counts as wrong;
-- the right option's text, compared with the open-answer rules below. A text that matches a
-  different option is wrong.
+- the right letter alone: "B", "b", "(B)", "[B]", "B.", "B)", "B:", "B。", after an optional
+  lead-in ("Answer:", "The answer is", "Option", "I choose", "答案是", "Die Antwort ist", ...)
+  or before a closing verdict ("B is correct"), and inside markdown bold, quotes or `\\boxed{}`;
+- the right letter marked as a label, followed by text that agrees with it: "(B) cotton",
+  "B. cotton", "B) cotton", "B: The gloves look like cotton". A letter followed only by a space is
+  not a label: "A red car" is read as text, never as letter A. The text after the label must not
+  name another option (its label: "A. red\\nB. blue", "A) red B) blue", "A or B"; or its text:
+  "A. red, maybe blue"), must not be another option's text ("B. rubber"), and must not negate
+  ("A. it is not red"): a model that repeats the option list, hedges, or argues against its own
+  label gets no credit;
+- the right option's text, compared with the open-answer rules below: "cotton" is B. A text that
+  matches a different option is wrong. An exact (or number) match outranks a plural one, so with
+  options "car" and "cars" each answer names exactly one; a text that matches several options at
+  the same rank names none.
 Nothing else counts: no letter is searched for inside a sentence ("I think it is B because
 ..."), and an answer naming two options is wrong.
 
 Open answers: equal after normalisation, which
-- folds case, accents (NFKD) and Unicode compatibility forms;
+- folds case, accents (NFKD) and Unicode compatibility forms, and reads the minus sign U+2212
+  (and other dashes before a number) as "-", so "−3" is minus three, never three;
 - treats punctuation as a separator, keeping signs and decimal points of numbers, dropping
   thousands separators ("1,000" == "1000") and reading "%" as the word "percent";
 - drops the articles "a", "an", "the" before another word (a final "A" as in "plan A" stays);
@@ -43,6 +51,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from mini_o3.agent.trajectory import Trajectory
+
+RULES_VERSION = "2"
+"""Shown on every run's protocol card; bump it when a rule changes what scores (1: before issue 15's free-credit fixes)."""
 
 MATCH_KINDS = ("letter", "option_text", "exact", "number", "plural", "none")
 """What `Score.matched_by` can say; "judge" is added by mini_o3.eval.judge."""
@@ -85,10 +96,12 @@ _ARTICLES = frozenset({"a", "an", "the"})
 _TOKEN_RE = re.compile(r"(?:(?<![^\s(\[])[-+])?(?:\d+(?:\.\d+)?|\.\d+)|[^\W\d_]+")
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMERIC_RE = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)")
+# NFKC leaves these alone; without this "−3" (U+2212) would lose its sign and read as 3.
+_MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-", "\u2796": "-", "\ufe63": "-", "\uff0d": "-"})
 
 
 def _fold(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text)
+    decomposed = unicodedata.normalize("NFKD", text.translate(_MINUS_SIGNS))
     return "".join(char for char in decomposed if not unicodedata.combining(char)).casefold()
 
 
@@ -167,13 +180,37 @@ _WRAPPERS_RE = re.compile(r"\A(?:\*\*|__|`|\"|'|“|‘)+(.*?)(?:\*\*|__|`|\"|'|
 _BOXED_RE = re.compile(r"\A\\boxed\{(.*)\}\Z", re.DOTALL)
 _OPEN_LEAD_RE = re.compile(r"\A(?:the\s+)?(?:final\s+|correct\s+)?answer\b(?:\s+is\b)?\s*[:：]?\s*", re.IGNORECASE)
 _CHOICE_LEAD_RE = re.compile(
-    r"\A(?:the\s+)?(?:final\s+|correct\s+|right\s+|best\s+)?(?:answer|option|choice)\b(?:\s+is\b)?\s*[:：]?\s*",
+    r"\A(?:"
+    r"(?:(?:so|thus|therefore|hence),?\s+)?(?:the\s+|my\s+)?(?:final\s+|correct\s+|right\s+|best\s+)?"
+    r"(?:answer|option|choice)\b(?:\s+(?:is|would\s+be|should\s+be)\b)?(?:\s+option\b)?"
+    r"|i\s+(?:would\s+|will\s+|'d\s+)?(?:choose|pick|select|go\s+with)(?:\s+option\b)?"
+    r"|(?:正确)?答案(?:是|为|應為|应为)?|选项|选择|选|答えは"
+    r"|die\s+(?:richtige\s+)?antwort\s+(?:ist|lautet)|antwort"
+    r"|la\s+(?:bonne\s+)?r[ée]ponse\s+est|r[ée]ponse"
+    r"|la\s+respuesta\s+(?:correcta\s+)?es|respuesta"
+    r")\s*[:：]?\s*",
     re.IGNORECASE,
 )
-_BARE_LETTER_RE = re.compile(r"[(\[]?([A-Za-z])[)\]]?\s*[.:]?")
+# "B is correct", "(B) is the right answer": a verdict after the letter, dropped before reading it.
+_CLOSING_VERDICT_RE = re.compile(
+    r"\s+is\s+(?:the\s+)?(?:correct|right|best|final)(?:\s+(?:answer|option|choice|one))?\s*[.!。]?\Z"
+    r"|\s+is\s+the\s+answer\s*[.!。]?\Z",
+    re.IGNORECASE,
+)
+_BARE_LETTER_RE = re.compile(r"[(\[]?([A-Za-z])[)\]]?\s*[.:。]?")
 _LABELLED_LETTER_RE = re.compile(r"(?:\(([A-Za-z])\)|\[([A-Za-z])\]|([A-Za-z])\)|([A-Z])[.:])\s*(\S.*)", re.DOTALL)
 _OPTION_PREFIX_RE = re.compile(r"\A[(\[]?([A-Za-z])[)\].:]\s*")
-_INNER_LABEL_RE = re.compile(r"[(\[]([A-Za-z])[)\]]")
+# Another option named inside the text after a label: "(b)", "[b]", or a capital letter standing
+# alone ("B.", "B)", "or B", "Final answer: B"). "A" before a lower-case word is the article.
+_INNER_LABEL_RE = re.compile(
+    r"[(\[]([A-Za-z])[)\]]"
+    r"|(?<![\w'’])(?!A\s+[a-z])([A-Z])(?![\w'’-])"
+)
+_NEGATION_RE = re.compile(
+    r"\b(?:not|no|never|neither|nor|none|nothing|cannot|unlikely|wrong|incorrect|false|rather\s+than|instead\s+of|except)\b"
+    r"|n't\b|n’t\b",
+    re.IGNORECASE,
+)
 
 
 def _unwrap(text: str) -> str:
@@ -188,6 +225,12 @@ def _unwrap(text: str) -> str:
 def _drop_lead(text: str, lead: re.Pattern[str]) -> str:
     rest = _unwrap(lead.sub("", text, count=1))
     return rest if rest else text
+
+
+def _drop_closing_verdict(text: str) -> str:
+    """"B is correct" -> "B" (only when what is left is a bare letter)."""
+    rest = _unwrap(_CLOSING_VERDICT_RE.sub("", text, count=1))
+    return rest if _BARE_LETTER_RE.fullmatch(rest) else text
 
 
 def _read_letter(text: str) -> tuple[str, str | None] | None:
@@ -215,7 +258,45 @@ def _option_texts(options: dict[str, str]) -> dict[str, str]:
 
 
 def _matching_options(text: str, texts: dict[str, str]) -> list[str]:
-    return [letter for letter, option in texts.items() if _match_open(text, option) is not None]
+    """The options `text` matches at the strictest rank any matches at (exact or number first, plural last)."""
+    how = {letter: _match_open(text, option) for letter, option in texts.items()}
+    for rank in (("exact", "number"), ("plural",)):
+        found = [letter for letter, matched in how.items() if matched in rank]
+        if found:
+            return found
+    return []
+
+
+def _contains_phrase(text: str, phrase: str) -> bool:
+    """Whether the normalised words of `phrase` occur, in order and adjacent, among those of `text`."""
+    words, wanted = normalize_answer(text).split(), normalize_answer(phrase).split()
+    if not wanted:
+        return False
+    return any(words[start : start + len(wanted)] == wanted for start in range(len(words) - len(wanted) + 1))
+
+
+def _label_text_problem(letter: str, rest: str, texts: dict[str, str]) -> str | None:
+    """Why the text after option label `letter` does not agree with it, or None when it does."""
+    own = texts.get(letter, "")
+    # The option's own text may hold what would look like a label or a negation ("Vitamin C.", "not visible").
+    remainder = re.sub(rf"(?<!\w){re.escape(own.strip())}(?!\w)", " ", rest, flags=re.IGNORECASE) if own.strip() else rest
+    named = {next(group for group in found if group).upper() for found in _INNER_LABEL_RE.findall(remainder)}
+    others = sorted((named & set(texts)) - {letter})
+    if others:
+        return f"the answer names more than one option ({letter}, {others[0]})"
+    matching = _matching_options(rest, texts)
+    if matching and letter not in matching:
+        return f"the label says {letter} but the text {rest!r} is option {matching[0]}'s"
+    mentioned = [
+        other for other, text in texts.items()
+        if other != letter and text.strip() and not _contains_phrase(own, text) and _contains_phrase(rest, text)
+    ]
+    if mentioned and letter not in matching:
+        return f"the text after label {letter} also names option {mentioned[0]} ({texts[mentioned[0]]!r})"
+    negation = _NEGATION_RE.search(remainder)
+    if negation is not None and letter not in matching:
+        return f"the text after label {letter} negates or hedges ({negation.group(0)!r})"
+    return None
 
 
 # ---------------------------------------------------------------- scoring
@@ -257,21 +338,20 @@ def _right_letter(ground_truth: str, texts: dict[str, str]) -> str:
 
 def _score_choice(predicted: str, ground_truth: str, texts: dict[str, str]) -> Score:
     right = _right_letter(ground_truth, texts)
-    cleaned = _drop_lead(_unwrap(predicted), _CHOICE_LEAD_RE)
+    cleaned = _drop_closing_verdict(_drop_lead(_unwrap(predicted), _CHOICE_LEAD_RE))
     read = _read_letter(cleaned)
     if read is not None and read[0] in texts:
         letter, rest = read
         if rest is None:
             return _letter_verdict(letter, right)
-        named = {found.upper() for found in _INNER_LABEL_RE.findall(rest)} & set(texts)
-        if named - {letter}:
-            return Score(False, letter, "letter", f"the answer names more than one option ({letter}, {min(named - {letter})})")
-        matching = _matching_options(rest, texts)
-        if matching and letter not in matching:
-            return Score(False, letter, "letter", f"the label says {letter} but the text {rest!r} is option {matching[0]}'s")
+        problem = _label_text_problem(letter, rest, texts)
+        if problem is not None:
+            return Score(False, letter, "letter", problem)
         return _letter_verdict(letter, right)
     for candidate in dict.fromkeys((cleaned, _unwrap(predicted))):
         matches = _matching_options(candidate, texts)
+        if len(matches) > 1:
+            return Score(False, None, "option_text", f"the text matches several options ({', '.join(matches)}) equally well")
         if right in matches:
             return Score(True, right, "option_text", f"the text matches option {right}, the right one")
         if matches:
@@ -288,11 +368,17 @@ def _letter_verdict(letter: str, right: str) -> Score:
 
 
 def _score_letter_only(predicted: str, right: str) -> Score:
-    cleaned = _drop_lead(_unwrap(predicted), _CHOICE_LEAD_RE)
+    cleaned = _drop_closing_verdict(_drop_lead(_unwrap(predicted), _CHOICE_LEAD_RE))
     read = _read_letter(cleaned)
     if read is None:
         return Score(False, normalize_answer(cleaned), "none", f"not an option letter (the right one is {right})")
-    return _letter_verdict(read[0], right)
+    letter, rest = read
+    if rest is not None:
+        # No option texts to check against: any other label, or a negation, makes the answer unclear.
+        problem = _label_text_problem(letter, rest, {other: "" for other in "ABCDEFGH"} | {letter: ""})
+        if problem is not None:
+            return Score(False, letter, "letter", problem)
+    return _letter_verdict(letter, right)
 
 
 def _score_open(predicted: str, ground_truth: str) -> Score:

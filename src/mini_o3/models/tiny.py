@@ -29,6 +29,7 @@ from transformers import Qwen2_5_VLProcessor
 
 from mini_o3.agent import protocol
 from mini_o3.agent.policy import PolicyError
+from mini_o3.models.interop import SAMPLING_DEFAULTS, STOCK_PROCESSOR_CLASS, mark_for_saving
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -336,11 +337,11 @@ def build_config(spec: TinySpec, tokenizer: Any) -> Any:
 
 
 def generation_config(tokenizer: Any) -> Any:
-    """Qwen2.5-VL's generation defaults in `tokenizer`'s ids: a turn ends at <|im_end|> or <|endoftext|>."""
+    """Qwen2.5-VL's end tokens in `tokenizer`'s ids (a turn ends at <|im_end|> or <|endoftext|>), sampling as mini-o3 does."""
     from transformers import GenerationConfig
 
     endoftext, im_end = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext)
+    return GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext, **SAMPLING_DEFAULTS)
 
 
 def build_model(spec: TinySpec, tokenizer: Any, seed: int = 0) -> Any:
@@ -377,6 +378,7 @@ def build_tiny(
     tokenizer = build_tokenizer(spec.bpe_vocab)
     image_processor = build_image_processor(min_pixels, max_pixels)
     model = build_model(spec, tokenizer, seed)
+    mark_for_saving(model, tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
@@ -419,6 +421,7 @@ def load_checkpoint(
             "the weights (*.safetensors) and the tokenizer files)"
         ) from error
     model = model.to(device).eval()
+    mark_for_saving(model, tokenizer)  # whatever saves them next (SFT, RL, pre-training) writes files other tools read right
     image_processor = _load_image_processor(directory, min_pixels, max_pixels)
     return model, tokenizer, image_processor
 
@@ -458,10 +461,25 @@ def _load_image_processor(directory: Path, min_pixels: int | None, max_pixels: i
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor with no video processor, so it needs no torchvision."""
+    """Qwen2.5-VL's processor with no video processor, so it needs no torchvision.
+
+    It saves under the stock name (`Qwen2_5_VLProcessor`), so that other tools load checkpoints
+    with the family's processor (see mini_o3.models.interop); only mini-o3 makes this subclass.
+    """
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any) -> None:
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """processor_config.json's content, naming the stock processor."""
+        return {**super().to_dict(), "processor_class": STOCK_PROCESSOR_CLASS}
+
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any:
+        """Save as Qwen2_5_VLProcessor would: the base class wrote this class's name into tokenizer_config.json, so write it again."""
+        saved = super().save_pretrained(save_directory, **kwargs)
+        mark_for_saving(tokenizer=self.tokenizer)
+        self.tokenizer.save_pretrained(save_directory)
+        return saved
 
 
 def build_processor(tokenizer: Any, image_processor: Any) -> ImageOnlyQwen2_5_VLProcessor:

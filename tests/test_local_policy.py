@@ -231,14 +231,20 @@ def test_never_writes_image_or_vision_tokens_even_when_the_model_prefers_them(ch
     local.close()
 
 
-def test_a_failure_reaches_only_the_caller_that_caused_it(checkpoint: Path) -> None:
-    class FailsOnThirteen(LocalPolicy):
-        def _generate_batch(self, batch):  # a request the engine cannot serve
-            if any(request.sampling.max_new_tokens == 13 for request in batch):
-                raise RuntimeError("engine refused max_new_tokens=13")
-            return super()._generate_batch(batch)
+@pytest.mark.parametrize("engine", ["cached", "generate"])
+def test_a_failure_reaches_only_the_caller_that_caused_it(checkpoint: Path, engine: str) -> None:
+    local = LocalPolicy(checkpoint, batch_wait_ms=50, engine=engine)
 
-    local = FailsOnThirteen(checkpoint, batch_wait_ms=50)
+    def refuse(requests: list) -> None:  # a request the engine cannot serve
+        if any(request.sampling.max_new_tokens == 13 for request in requests):
+            raise RuntimeError("engine refused max_new_tokens=13")
+
+    if engine == "generate":
+        generate_batch = local._generate_batch
+        local._generate_batch = lambda batch: (refuse(batch), generate_batch(batch))[1]
+    else:
+        prefill = local.cached._prefill
+        local.cached._prefill = lambda joining: (refuse([request for request, _, _ in joining]), prefill(joining))[1]
     conversations = _conversations(4)
     jobs = [(conversations[index], SamplingParams(temperature=0.0, max_new_tokens=13 if index == 2 else 6)) for index in range(4)]
     results = _call_at_once(local, jobs)
@@ -312,3 +318,65 @@ def test_image_cache_forgets_freed_images() -> None:
     gc.collect()
     encoder._image_features(Image.new("RGB", (56, 56)))
     assert len(encoder._cache) == 1 and encoder._cache_bytes < held
+
+
+def _three_rounds(local: LocalPolicy, png: Path) -> tuple[list[list[dict]], list[list[Generation]]]:
+    """Six conversations (four with two images) answered three times each, all at once, each turn appended with its ids."""
+    conversations = [_zoomed_env(png, local).messages() for _ in range(4)] + _conversations(2)
+    rounds = []
+    for round_index in range(3):
+        jobs = [(messages, SamplingParams(temperature=1.0, max_new_tokens=10, seed=10 * round_index + index)) for index, messages in enumerate(conversations)]
+        results = _call_at_once(local, jobs)
+        for messages, result in zip(conversations, results):
+            messages += [protocol.assistant_message(result.text, result.token_ids), protocol.error_message("try again")]
+        rounds.append(results)
+    return conversations, rounds
+
+
+def test_cached_engine_continues_each_conversation_and_matches_the_generate_engine(checkpoint: Path, png: Path) -> None:
+    model, tokenizer, image_processor = tiny.load_checkpoint(checkpoint)
+    outputs = {}
+    for engine in ("generate", "cached"):
+        # Three slots for six conversations: some continue their cache, others are evicted and rebuilt.
+        with LocalPolicy((model, tokenizer, image_processor), max_batch_size=3, batch_wait_ms=20, engine=engine) as local:
+            assert local.engine == engine
+            outputs[engine] = _three_rounds(local, png)
+            if engine == "cached":
+                engine_stats = local.cached
+                last = [_teacher_forced_logprobs(local, messages[:-2], result.token_ids) for messages, result in zip(*[outputs[engine][0], outputs[engine][1][-1]])]
+    (_, generated), (conversations, cached) = outputs["generate"], outputs["cached"]
+    for alone, batched in zip(sum(generated, []), sum(cached, [])):
+        assert batched.token_ids == alone.token_ids
+        assert batched.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+    for result, expected in zip(cached[-1], last):
+        assert torch.allclose(torch.tensor(result.logprobs), expected, atol=1e-4)
+    assert engine_stats.reused_tokens > engine_stats.prefill_tokens  # later turns prefilled only what was new
+
+
+def test_cached_engine_drops_its_cache_when_the_weights_change(checkpoint: Path) -> None:
+    model, tokenizer, image_processor = tiny.load_checkpoint(checkpoint)
+    with LocalPolicy((model, tokenizer, image_processor), engine="cached") as local:
+        messages = _conversations(1)[0]
+        first = local.generate(messages, GREEDY)
+        messages += [protocol.assistant_message(first.text, first.token_ids), protocol.error_message("again")]
+        with torch.no_grad():
+            model.model.language_model.layers[0].mlp.down_proj.weight.mul_(1.5)  # an optimizer step, in place
+        reused = local.cached.reused_tokens
+        second = local.generate(messages, GREEDY)
+        assert local.cached.reused_tokens == reused
+        assert torch.allclose(torch.tensor(second.logprobs), _teacher_forced_logprobs(local, messages, second.token_ids), atol=1e-4)
+        messages += [protocol.assistant_message(second.text, second.token_ids), protocol.error_message("again")]
+        local.generate(messages, GREEDY)
+        assert local.cached.reused_tokens > reused  # unchanged weights: the next turn continues the cache
+
+
+def test_cached_engine_never_shares_an_image_with_other_pixels(checkpoint: Path) -> None:
+    model, tokenizer, image_processor = tiny.load_checkpoint(checkpoint)
+    # Same size, same question: the ids are equal, only the pixels differ.
+    images = [Image.new("RGB", (224, 224), colour) for colour in ((250, 20, 20), (20, 20, 250))]
+    with LocalPolicy((model, tokenizer, image_processor), engine="cached") as local:
+        for image in images:
+            messages = [protocol.system_message(), protocol.first_user_message(image, "What colour is it?")]
+            generation = local.generate(messages, GREEDY)
+            assert torch.allclose(torch.tensor(generation.logprobs), _teacher_forced_logprobs(local, messages, generation.token_ids), atol=1e-4)
+        assert 0 < local.cached.reused_tokens < len(local.encode(messages).input_ids)  # the system prompt only

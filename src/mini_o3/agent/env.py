@@ -186,7 +186,7 @@ class ZoomEnv:
             logprobs=generation.logprobs,
         )
         self.trajectory.turns.append(turn)
-        self._messages.append(protocol.assistant_message(text))
+        self._messages.append(protocol.assistant_message(text, generation.token_ids))
         if prompt_tokens is not None and completion_tokens is not None:
             self.context_tokens = prompt_tokens + completion_tokens
         else:

@@ -111,9 +111,16 @@ def first_user_message(image: Any, question: str) -> dict[str, Any]:
     return {"role": "user", "content": [image_part(image), text_part("\n" + question)]}
 
 
-def assistant_message(text: str) -> dict[str, Any]:
-    """An assistant turn holding the model's raw text."""
-    return {"role": "assistant", "content": [text_part(text)]}
+def assistant_message(text: str, token_ids: list[int] | None = None) -> dict[str, Any]:
+    """An assistant turn holding the model's raw text and, when the policy reported them, the ids it sampled.
+
+    A local policy continues the conversation from `token_ids` (not the text re-tokenised), so
+    the next turn's prompt holds exactly the ids that were sampled and that training sees.
+    """
+    message: dict[str, Any] = {"role": "assistant", "content": [text_part(text)]}
+    if token_ids:
+        message["token_ids"] = list(token_ids)
+    return message
 
 
 def observation_message(image: Any, action: int, observation: int) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class Trajectory:
         shown = images if images is not None else list(range(len(self.views)))
         messages = [protocol.system_message(), protocol.first_user_message(shown[0], self.question)]
         for turn in self.turns:
-            messages.append(protocol.assistant_message(turn.text))
+            messages.append(protocol.assistant_message(turn.text, turn.token_ids))
             if turn.feedback == "observation":
                 action, observation = turn.label
                 messages.append(protocol.observation_message(shown[turn.view], action, observation))

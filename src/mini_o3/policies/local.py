@@ -6,11 +6,25 @@ the protocol's strings in the family's chat markup), tokenised, and each image's
 on Qwen2.5-VL, (h/32) * (w/32) on Qwen3-VL and Qwen3.5). `mm_token_type_ids` marks the image
 tokens so the model uses its multimodal rotary positions.
 
-Many episode threads call `generate` at once; one background worker gathers concurrent calls
-(up to `max_batch_size`, waiting at most `batch_wait_ms` after the first) and runs a single
-left-padded `model.generate` for them. Sampling is done per row by our own logits processor,
-so each request keeps its own temperature, top-p, seed, stop strings and token limit inside a
-shared batch, and a seeded request gives the same tokens whether it ran alone or batched.
+Token-faithful: an assistant message that carries the ids its policy sampled
+(`protocol.assistant_message(text, token_ids)`, as `ZoomEnv` and `Trajectory.messages` build
+them) is encoded as those ids after the family's assistant header, closed as `sampled_turn`
+closes it, never as its text re-tokenised - so each turn continues from exactly the ids sampled
+so far, which are the ids training sees (`train.tokenize` encodes turns with the same
+`sampled_turn`). Other messages are rendered one at a time by the family; its rendering of a
+conversation is the concatenation of its messages' renderings.
+
+Many episode threads call `generate` at once; one background worker serves them with one of
+two engines:
+- "cached" (`policies.cached_engine`, the default for Qwen2.5-VL): each conversation's keys and
+  values stay in a cache slot across turns, so a turn prefills only what is new, and every
+  request in flight decodes in one forward per token (continuous batching);
+- "generate": gathers concurrent calls (up to `max_batch_size`, waiting at most
+  `batch_wait_ms` after the first) and runs one left-padded `model.generate` on the whole
+  prompts. Any family transformers can generate with runs here.
+Both sample each row with our own sampler, so each request keeps its own temperature, top-p,
+seed, stop strings and token limit inside a shared batch, and a seeded request draws the same
+tokens from the same logits whichever engine and batch it runs in.
 
 `Generation.logprobs` are the raw model's log-probabilities of each generated token: the
 log-softmax of the unprocessed logits at temperature 1, before token suppression, temperature
@@ -36,11 +50,14 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from mini_o3.agent.images import as_pil
 from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
 from mini_o3.models.backbone import VISION_TOKENS, Backbone, backbone_named, backbone_of, with_checkpoint_template
+from mini_o3.policies.row_sampling import choose_tokens, draw_uniforms
 
 SUPPRESSED_TOKENS = VISION_TOKENS
 """Tokens a policy must never write (a random model would otherwise sample them)."""
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 """Tokens that end a turn on every supported family; counted and returned in `token_ids` but not in the text."""
+IM_END = "<|im_end|>"
+"""The token that closes every chat message."""
 
 
 @dataclass
@@ -53,6 +70,16 @@ class EncodedPrompt:
     image_grid_thw: torch.Tensor | None = None
     """(images, 3): the (t, h, w) patch grid of each image."""
     image_token_id: int = -1
+    images: list[Any] = field(default_factory=list)
+    """The PIL images shown, in order (the cached engine matches conversations by these objects)."""
+    image_spans: list[tuple[int, int]] = field(default_factory=list)
+    """Where each image's pads lie in `input_ids`: [start, end)."""
+
+    def image_pixels(self, index: int) -> torch.Tensor:
+        """The `pixel_values` rows of image `index`."""
+        sizes = self.image_grid_thw.prod(dim=1).tolist()
+        start = sum(sizes[:index])
+        return self.pixel_values[start : start + sizes[index]]
 
     def mm_token_type_ids(self) -> list[int]:
         """1 where the token is an image pad, else 0."""
@@ -75,6 +102,10 @@ class PromptEncoder:
         self.image_processor = image_processor
         self.merge_size = int(getattr(image_processor, "merge_size", 2))
         self.image_token_id = _token_id(tokenizer, "<|image_pad|>")
+        self.im_end_id = _token_id(tokenizer, IM_END)
+        self._newline = self.encode_text("\n")
+        self._close = self.encode_text(IM_END + "\n")
+        self._assistant_header: list[int] | None = None
         self._cache: OrderedDict[int, tuple[weakref.ref, torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = image_cache_bytes
@@ -101,10 +132,19 @@ class PromptEncoder:
         return patches // self.merge_size**2
 
     def encode(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> EncodedPrompt:
-        """Model inputs for `messages` as the family renders them (`Backbone.render_messages`)."""
-        text = self.backbone.render_messages(messages, add_generation_prompt)
+        """Model inputs for `messages` as the family renders them (`Backbone.render_messages`), assistant turns as their sampled ids."""
         images = [as_pil(part["image"]) for message in messages for part in message["content"] if part["type"] == "image"]
-        ids = self.encode_text(text)
+        ids: list[int] = []
+        for message in messages:
+            sampled = message.get("token_ids") if message["role"] == "assistant" else None
+            if sampled:
+                if self.image_token_id in sampled:
+                    raise PolicyError("an assistant turn holds a sampled <|image_pad|>; its image features cannot line up")
+                ids += self.assistant_header() + self.sampled_turn(sampled)[0]
+            else:
+                ids += self.encode_text(self.render([message], add_generation_prompt=False))
+        if add_generation_prompt:
+            ids += self.assistant_header()
         pads = sum(1 for token in ids if token == self.image_token_id)
         if pads != len(images):
             raise PolicyError(
@@ -115,15 +155,38 @@ class PromptEncoder:
             return EncodedPrompt(ids, image_token_id=self.image_token_id)
         features = [self._image_features(image) for image in images]
         expanded: list[int] = []
+        spans: list[tuple[int, int]] = []
         counts = iter(int(grid.prod()) // self.merge_size**2 for _, grid in features)
         for token in ids:
             if token == self.image_token_id:
-                expanded.extend([token] * next(counts))
+                count = next(counts)
+                spans.append((len(expanded), len(expanded) + count))
+                expanded.extend([token] * count)
             else:
                 expanded.append(token)
         pixel_values = torch.cat([values for values, _ in features])
         grid_thw = torch.stack([grid for _, grid in features])
-        return EncodedPrompt(expanded, pixel_values, grid_thw, self.image_token_id)
+        return EncodedPrompt(expanded, pixel_values, grid_thw, self.image_token_id, images, spans)
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        """The chat-template text of `messages` (the family's markup)."""
+        return self.backbone.render_messages(messages, add_generation_prompt)
+
+    def assistant_header(self) -> list[int]:
+        """Ids that open an assistant turn (the generation prompt)."""
+        if self._assistant_header is None:
+            self._assistant_header = self.encode_text(self.render([], add_generation_prompt=True))
+        return self._assistant_header
+
+    def sampled_turn(self, token_ids: list[int]) -> tuple[list[int], list[int]]:
+        """A sampled assistant turn as it stands in the conversation, and which of those ids were sampled (1).
+
+        The ids as sampled, then what the template closes a turn with: "\\n" after a sampled
+        `<|im_end|>`, else `<|im_end|>\\n` (a turn cut at `</grounding>` or by the token limit, or
+        ended by `<|endoftext|>`, which stays in the ids).
+        """
+        closer = self._newline if token_ids[-1] == self.im_end_id else self._close
+        return list(token_ids) + closer, [1] * len(token_ids) + [0] * len(closer)
 
     def _image_features(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
         key = id(image)
@@ -157,10 +220,6 @@ class PromptEncoder:
                 self._cache_bytes -= entry[1].numel() * entry[1].element_size()
 
 
-# The RL trainer (mini_o3.train.rl) still imports this name; new code calls images.as_pil.
-_pil_image = as_pil
-
-
 def _token_id(tokenizer: Any, token: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == getattr(tokenizer, "unk_token_id", None):
@@ -189,42 +248,20 @@ class _RowSampler(LogitsProcessor):
     def __init__(self, requests: list[_Request], suppressed: list[int]) -> None:
         self.temperatures = [request.sampling.temperature for request in requests]
         self.top_ps = [request.sampling.top_p for request in requests]
-        self.seeds = [request.seed for request in requests]
-        self.generators: list[torch.Generator | None] | None = None
+        self.uniforms = torch.stack([draw_uniforms(request.seed, max(request.sampling.max_new_tokens for request in requests)) for request in requests])
         self.suppressed = suppressed
         self.logprobs: list[list[float]] = [[] for _ in requests]
+        self.step = 0
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        raw = scores.float()
-        if self.generators is None:
-            self.generators = [
-                torch.Generator(device=raw.device).manual_seed(seed) if temperature > 0 else None
-                for seed, temperature in zip(self.seeds, self.temperatures)
-            ]
-        logprobs = torch.log_softmax(raw, dim=-1)
-        masked = raw.clone()
-        masked[:, self.suppressed] = float("-inf")
-        chosen = masked.argmax(dim=-1)
-        for row, temperature in enumerate(self.temperatures):
-            if temperature > 0:
-                chosen[row] = _sample(masked[row], temperature, self.top_ps[row], self.generators[row])
-        picked = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        chosen, picked = choose_tokens(scores, self.suppressed, self.temperatures, self.top_ps, self.uniforms[:, self.step])
+        self.step += 1
         for row, value in enumerate(picked):
             self.logprobs[row].append(value)
         # Generation then runs greedy over this: the chosen token is the only finite logit.
         forced = torch.full_like(scores, float("-inf"))
-        forced.scatter_(1, chosen[:, None], 0.0)
+        forced.scatter_(1, torch.tensor(chosen, device=scores.device)[:, None], 0.0)
         return forced
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        before = sorted_probs.cumsum(0) - sorted_probs
-        sorted_probs[before >= top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator)[0]
 
 
 class _RowStopper(StoppingCriteria):
@@ -276,8 +313,13 @@ class LocalPolicy:
         batch_wait_ms: float = 5.0,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        engine: str = "auto",
     ) -> None:
         """Load `checkpoint` (a directory, or a (model, tokenizer, image_processor) triple).
+
+        `engine` is "cached", "generate" or "auto" (cached where `cached_engine` drives the model's
+        family, else generate; see the module docstring). The cached engine keeps up to
+        `max_batch_size` conversations in its cache and decodes at most that many at once.
 
         `dtype` (default float32 on CPU, bfloat16 elsewhere), `min_pixels` and `max_pixels` (the
         image processor's limits) apply to directories; a given model is only moved to `device`.
@@ -286,6 +328,8 @@ class LocalPolicy:
         """
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if engine not in ("auto", "cached", "generate"):
+            raise ValueError(f"engine must be auto, cached or generate, got {engine!r}")
         if isinstance(checkpoint, (str, Path)):
             from mini_o3.models.tiny import load_checkpoint
 
@@ -310,12 +354,19 @@ class LocalPolicy:
         self.suppressed = [_token_id(tokenizer, token) for token in SUPPRESSED_TOKENS if tokenizer.convert_tokens_to_ids(token) is not None]
         self.end_ids = {tokenizer.convert_tokens_to_ids(token) for token in END_TOKENS} - {None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _token_id(tokenizer, "<|endoftext|>")
+        from mini_o3.policies.cached_engine import CachedEngine, supports_cached_engine
+
+        if engine == "cached" and not supports_cached_engine(model):
+            raise PolicyError(f"the cached engine does not drive {type(model).__name__}; use engine='generate'")
+        self.engine = "cached" if engine == "cached" or (engine == "auto" and supports_cached_engine(model)) else "generate"
+        """The engine that serves requests: "cached" or "generate"."""
+        self.cached = CachedEngine(self, max_batch_size) if self.engine == "cached" else None
         self.batches_run = 0
-        """How many batched `model.generate` calls the worker has made."""
+        """How many batches of requests the worker has started (a `model.generate`, or a cached prefill)."""
         self.requests_run = 0
         """How many requests those batches served."""
         self.largest_batch = 0
-        """The most requests served by one `model.generate`."""
+        """The most requests decoded together."""
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -411,6 +462,9 @@ class LocalPolicy:
                 item.future.set_exception(PolicyError("the LocalPolicy worker stopped before this request ran (the policy was closed, or its worker failed)"))
 
     def _serve(self) -> None:
+        if self.cached is not None:
+            self.cached.serve(self._queue, _STOP, self.batch_wait_s)
+            return
         while True:
             first = self._queue.get()
             if first is _STOP:
@@ -489,25 +543,26 @@ class LocalPolicy:
         self.batches_run += 1
         self.requests_run += rows
         self.largest_batch = max(self.largest_batch, rows)
-        done = time.perf_counter()
         results = []
         for row, request in enumerate(batch):
             length = stopper.lengths[row] if stopper.lengths[row] is not None else output.shape[1] - width
             reason = stopper.reasons[row] or "length"
             token_ids = output[row, width : width + length].tolist()
-            results.append(
-                Generation(
-                    text=self._text(token_ids, reason, request.sampling.stop),
-                    finish_reason="length" if reason == "length" else "stop",
-                    prompt_tokens=len(request.prompt.input_ids),
-                    completion_tokens=len(token_ids),
-                    latency_s=done - request.start,
-                    token_ids=token_ids,
-                    logprobs=sampler.logprobs[row][:length],
-                    extra={"batch_size": rows, "stopped_by": reason},
-                )
-            )
+            results.append(self._result(request, token_ids, sampler.logprobs[row][:length], reason, rows))
         return results
+
+    def _result(self, request: _Request, token_ids: list[int], logprobs: list[float], reason: str, batch_size: int) -> Generation:
+        """The Generation of a finished request."""
+        return Generation(
+            text=self._text(token_ids, reason, request.sampling.stop),
+            finish_reason="length" if reason == "length" else "stop",
+            prompt_tokens=len(request.prompt.input_ids),
+            completion_tokens=len(token_ids),
+            latency_s=time.perf_counter() - request.start,
+            token_ids=token_ids,
+            logprobs=logprobs,
+            extra={"batch_size": batch_size, "stopped_by": reason},
+        )
 
     def _text(self, token_ids: list[int], reason: str, stops: tuple[str, ...]) -> str:
         if reason == "end":

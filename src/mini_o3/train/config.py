@@ -163,7 +163,9 @@ class RLJobConfig:
     concurrency: int = 64
     """Episodes in flight at once per process."""
     policy_batch_size: int = 32
-    """Most turns one batched generate serves (local transformers generation)."""
+    """Most turns decoded together by local transformers generation (the cached engine also keeps this many conversations' caches)."""
+    rollout_engine: str = "auto"
+    """LocalPolicy's engine for rollouts: auto, cached (per-episode KV cache, continuous batching) or generate (model.generate per batch)."""
     judge_url: str | None = None
     """An OpenAI-compatible endpoint for the optional LLM judge (rule-based scoring first; None: rules only)."""
     judge_model: str | None = None

@@ -144,6 +144,7 @@ def trainer_class() -> type:
                         (unwrapped, self.mini_tokenizer, self.image_processor),
                         device=str(self.accelerator.device),
                         max_batch_size=self.job.policy_batch_size,
+                        engine=self.job.rollout_engine,
                     )
                 unwrapped.eval()
                 try:
@@ -294,20 +295,28 @@ def trainer_class() -> type:
             return batch
 
         def _logprobs(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
-            input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-            attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+            # Rows are padded to the longest rollout of the whole step; a micro-batch runs only as
+            # wide as its own longest prompt and completion (attention costs the square of it).
+            prompt_width, completion_width = batch["prompt_ids"].size(1), batch["completion_ids"].size(1)
+            keep_prompt = max(int(batch["prompt_mask"].sum(dim=1).max()), 1)
+            keep_completion = max(int(batch["completion_mask"].sum(dim=1).max()), 1)
+            input_ids = torch.cat([batch["prompt_ids"][:, -keep_prompt:], batch["completion_ids"][:, :keep_completion]], dim=1)
+            attention_mask = torch.cat([batch["prompt_mask"][:, -keep_prompt:], batch["completion_mask"][:, :keep_completion]], dim=1)
+            mm_token_type_ids = batch.get("mm_token_type_ids")
+            if mm_token_type_ids is not None:
+                mm_token_type_ids = mm_token_type_ids[:, prompt_width - keep_prompt : prompt_width + keep_completion]
             logprobs, _, _ = self._get_per_token_logps_and_entropies(
                 model,
                 input_ids,
                 attention_mask,
-                batch["completion_ids"].size(1),
+                keep_completion,
                 batch_size=self.args.per_device_train_batch_size,
                 pixel_values=batch.get("pixel_values"),
                 image_grid_thw=batch.get("image_grid_thw"),
                 num_images=batch.get("num_images"),
-                mm_token_type_ids=batch.get("mm_token_type_ids"),
+                mm_token_type_ids=mm_token_type_ids,
             )
-            return logprobs
+            return torch.nn.functional.pad(logprobs, (0, completion_width - keep_completion))
 
         def _save_rollouts(
             self, groups: list[RolloutGroup], weights: list[float], advantages: torch.Tensor, left_out: list[RolloutGroup]

@@ -215,19 +215,15 @@ class ConversationEncoder:
     def _rl_turn(self, turn: Any) -> tuple[list[int], list[int]]:
         sampled = getattr(turn, "token_ids", None)
         if sampled:
-            body = list(sampled)
-            if self.image_token_id in body:
+            if self.image_token_id in sampled:
                 raise ValueError(
                     "the policy sampled <|image_pad|> inside an assistant turn; the generation engine must suppress "
                     "the vision tokens (LocalPolicy does), or the image features cannot line up with the pads"
                 )
-            mask = [1] * len(body)
-            if body[-1] == self.im_end_id:
-                closer = self._newline
-            else:
-                closer = self._close
-            return body + closer, mask + [0] * len(closer)
-        body = self.prompt_encoder.encode_text(turn.text)
+            # The very ids and closer the policy's next prompt continued from (PromptEncoder.encode).
+            return self.prompt_encoder.sampled_turn(sampled)
+        # As the policy's prompt renders a text-only turn: without the opener the family's header wrote.
+        body = self.prompt_encoder.encode_text(self.backbone.assistant_body(turn.text))
         written_end = turn.finish_reason != "length" and not turn.text.rstrip().endswith(protocol.STOP_STRING)
         return body + self._close, [1] * len(body) + [1 if written_end else 0] + [0] * (len(self._close) - 1)
 

@@ -1,4 +1,13 @@
-"""Rollout turns from the GRPO trainer's colocated vLLM engine (GPU only; untested on CPU machines)."""
+"""Rollout turns from the GRPO trainer's colocated vLLM engine (GPU only; the engine itself is untested on CPU machines).
+
+Token-faithful as LocalPolicy: each prompt is `PromptEncoder.encode(messages)`, whose assistant
+turns are the ids vLLM sampled before (carried by the messages) closed as training closes them,
+passed to vLLM as `prompt_token_ids` (never text to re-tokenise); each turn's `token_ids` are
+vLLM's sampled ids as they are. The pure halves - the request built from a prompt and the
+Generation built from vLLM's output - are `vllm_request` and `generation_from_output`, tested
+without vLLM. The released Mini-o3 engine grows its prompts the same way, by concatenating ids
+(verl fork, vllm_rollout_spmd.py: response ids, then the encoded observation).
+"""
 
 from __future__ import annotations
 
@@ -37,12 +46,9 @@ class VLLMColocatePolicy:
 
     def generate(self, messages: list[dict[str, Any]], sampling: SamplingParams = SamplingParams()) -> Generation:
         """The next assistant turn; blocks until its batch has run."""
-        from mini_o3.policies.local import _pil_image
-
         prompt = self.encoder.encode(messages)
-        images = [_pil_image(part["image"]) for message in messages for part in message["content"] if part["type"] == "image"]
         future: Future = Future()
-        self._queue.put((prompt, images, sampling, time.perf_counter(), future))
+        self._queue.put((prompt, prompt.images, sampling, time.perf_counter(), future))
         return future.result()
 
     def close(self) -> None:
@@ -78,35 +84,45 @@ class VLLMColocatePolicy:
 
         prompts, params = [], []
         for prompt, images, sampling, _, _ in batch:
-            row: dict[str, Any] = {"prompt_token_ids": prompt.input_ids}
-            if images:
-                row["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+            row, settings = vllm_request(prompt, images, sampling)
             prompts.append(row)
-            params.append(
-                VLLMSamplingParams(
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    max_tokens=sampling.max_new_tokens,
-                    stop=list(sampling.stop),
-                    include_stop_str_in_output=True,
-                    logprobs=0,
-                    seed=sampling.seed,
-                )
-            )
+            params.append(VLLMSamplingParams(**settings))
         outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         done = time.perf_counter()
         for (prompt, _, _, start, future), output in zip(batch, outputs):
-            choice = output.outputs[0]
-            token_ids = list(choice.token_ids)
-            logprobs = [next(iter(entry.values())).logprob for entry in choice.logprobs] if choice.logprobs else None
-            future.set_result(
-                Generation(
-                    text=choice.text,
-                    finish_reason="length" if choice.finish_reason == "length" else "stop",
-                    prompt_tokens=len(prompt.input_ids),
-                    completion_tokens=len(token_ids),
-                    latency_s=done - start,
-                    token_ids=token_ids,
-                    logprobs=logprobs,
-                )
-            )
+            future.set_result(generation_from_output(output.outputs[0], len(prompt.input_ids), done - start))
+
+
+def vllm_request(prompt: Any, images: list[Any], sampling: SamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
+    """vLLM's prompt row (the ids as they are, the images) and its SamplingParams keywords for one turn."""
+    row: dict[str, Any] = {"prompt_token_ids": list(prompt.input_ids)}
+    if images:
+        row["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+    settings = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_new_tokens,
+        "stop": list(sampling.stop),
+        "include_stop_str_in_output": True,
+        "logprobs": 0,
+        "seed": sampling.seed,
+    }
+    return row, settings
+
+
+def generation_from_output(choice: Any, prompt_tokens: int, latency_s: float) -> Generation:
+    """The Generation of one vLLM completion (`CompletionOutput`): its sampled ids as they are, with their log-probs."""
+    token_ids = list(choice.token_ids)
+    logprobs = None
+    if choice.logprobs:
+        # With logprobs=0 each entry holds the sampled token (vLLM adds it to the top-k).
+        logprobs = [entry[token].logprob for token, entry in zip(token_ids, choice.logprobs)]
+    return Generation(
+        text=choice.text,
+        finish_reason="length" if choice.finish_reason == "length" else "stop",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(token_ids),
+        latency_s=latency_s,
+        token_ids=token_ids,
+        logprobs=logprobs,
+    )

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from mini_o3.agent import protocol
-from mini_o3.agent.policy import SamplingParams
+from mini_o3.agent.policy import PolicyError, SamplingParams
 from mini_o3.models.backbone import CheckpointError, backbone_named, backbone_of, backbones, read_backbone
 from mini_o3.models.tiny import build_tiny, load_checkpoint
-from mini_o3.policies.local import LocalPolicy
+from mini_o3.policies.local import LocalPolicy, PromptEncoder
 from mini_o3.train.tokenize import ConversationEncoder
 
 FAMILIES = ("qwen2.5-vl", "qwen3-vl", "qwen3.5")
@@ -112,6 +112,28 @@ def test_a_rendering_only_grows_by_appending(tiny: tuple[str, Path]) -> None:
         assert after[len(before) :] == backbone.assistant_body(messages[cut - 1]["content"][0]["text"]) + "<|im_end|>\n"
 
 
+def test_a_prompt_encoded_message_by_message_is_the_whole_rendering_tokenised(tiny: tuple[str, Path]) -> None:
+    # PromptEncoder (and train.tokenize, verl's EpisodeTokens) encode one message at a time; that
+    # must give the ids of the family's rendering of the whole conversation, markup and thought
+    # handling included (Qwen3.5's header opens "<think>", its turns lose their own).
+    family, checkpoint = tiny
+    model, tokenizer, image_processor = load_checkpoint(checkpoint)
+    backbone = backbone_of(model)
+    encoder = PromptEncoder(tokenizer, image_processor, backbone=backbone)
+    messages = conversation(Image.new("RGB", (96, 64)), Image.new("RGB", (64, 64)))
+    messages[1]["content"][-1]["text"] += " \n"  # Qwen3.5 trims each message's content
+    for cut in range(2, len(messages) + 1):
+        for generation_prompt in (True, False):
+            prompt = encoder.encode(messages[:cut], generation_prompt)
+            pad = prompt.image_token_id
+            collapsed = [token for index, token in enumerate(prompt.input_ids) if token != pad or prompt.input_ids[index - 1] != pad]
+            assert collapsed == encoder.encode_text(backbone.render_messages(messages[:cut], generation_prompt))
+    whole = backbone.render_messages(messages)
+    assert whole.count(backbone.assistant_header) == 4
+    if family == "qwen3.5":
+        assert "<|im_start|>assistant\n<think>\n<think>" not in whole and "sign? \n" not in whole
+
+
 def test_sft_labels_cover_what_the_model_writes_and_not_the_templates_opener(tiny: tuple[str, Path]) -> None:
     family, checkpoint = tiny
     model, tokenizer, image_processor = load_checkpoint(checkpoint)
@@ -133,6 +155,12 @@ def test_the_local_policy_generates_on_each_family(tiny: tuple[str, Path]) -> No
     messages = [protocol.system_message(), protocol.first_user_message(Image.new("RGB", (200, 120), (200, 40, 40)), "What colour?")]
     with LocalPolicy(checkpoint, max_batch_size=4) as policy:
         assert policy.backbone.name == family
+        # The cached engine drives Qwen2.5-VL only (Qwen3-VL's decoder takes its mask and deepstack
+        # features otherwise, Qwen3.5's linear-attention layers keep no keys): auto picks generate.
+        assert policy.engine == ("cached" if family == "qwen2.5-vl" else "generate")
+        if family != "qwen2.5-vl":
+            with pytest.raises(PolicyError, match="cached engine does not drive"):
+                LocalPolicy((policy.model, policy.tokenizer, policy.image_processor), engine="cached")
         prompt = policy.encode(messages)
         assert sum(prompt.mm_token_type_ids()) == policy.image_tokens(200, 120) > 0
         rendered = policy.encoder.decode(prompt.input_ids, skip_special_tokens=False)

@@ -265,6 +265,8 @@ def test_the_default_and_the_presets_use_the_released_objective() -> None:
         assert not rl.freeze_vision  # the release's RL trains the whole model
     with pytest.raises(ValueError, match="loss_aggregation"):
         RLJobConfig(loss_aggregation="seq_mean").validate()
+    with pytest.raises(ValueError, match="rollout_engine"):
+        RLJobConfig(rollout_engine="cache").validate()  # before any model is loaded
 
 
 def _gradients(model: torch.nn.Module) -> torch.Tensor:

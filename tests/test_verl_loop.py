@@ -210,6 +210,30 @@ def test_the_ids_are_the_trl_paths_ids_for_the_same_episode(tiny: tuple, encoder
     assert encoded.prompt_length == len(result.prompt_ids)
 
 
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl", "qwen3.5"])
+def test_each_familys_episode_is_in_its_markup_and_is_the_trl_paths_and_the_local_policys(family: str, tmp_path: Path, sample: Sample) -> None:
+    from mini_o3.models.backbone import backbone_of
+
+    model, tokenizer, image_processor = family_tiny = load_checkpoint(build_tiny(tmp_path / "model", family=family))
+    backbone = backbone_of(model)
+    encoder = PromptEncoder(tokenizer, image_processor, backbone=backbone)
+    result, server = run(family_tiny, encoder, sample, [ZOOM, BAD_ZOOM + " then", ANSWER])
+    ours = result.prompt_ids + result.response_ids
+    # The TRL path's ids and mask for the same episode (closed by the same sampled_turn) ...
+    encoded = ConversationEncoder(tokenizer, image_processor, backbone).encode_episode(result.episode, with_pixels=False)
+    assert encoded.input_ids[: len(ours)] == ours and tokenizer.decode(encoded.input_ids[len(ours) :]) == "\n"
+    assert encoded.assistant_mask[len(result.prompt_ids) : len(ours)] == result.response_mask
+    # ... each prompt the server saw is the local policies' prompt for the conversation so far ...
+    messages = result.episode.trajectory.messages(images=[view.image for view in result.episode.views])
+    assistant_at = [index for index, message in enumerate(messages) if message["role"] == "assistant"]
+    for call, index in zip(server.calls, assistant_at, strict=True):
+        assert call["prompt_ids"] == encoder.encode(messages[:index]).input_ids
+    # ... and the family's markup: Qwen3.5's header opens the thought, its template trims each message.
+    header = tokenizer.decode(encoder.assistant_header())
+    assert header == backbone.assistant_header and tokenizer.decode(ours).count(header) == 3
+    assert header.endswith("<think>\n") == (family == "qwen3.5")
+
+
 def test_observation_and_error_turn_tokens_are_masked(tiny: tuple, encoder: PromptEncoder, sample: Sample) -> None:
     result, _ = run(tiny, encoder, sample, [BAD_ZOOM, ZOOM, ANSWER])
     hidden = [tiny[1].decode(run_) for run_ in model_runs(result, value=0)]
@@ -501,9 +525,19 @@ def test_the_loop_registers_and_returns_verls_output_record(verl_api: types.Modu
     assert output.reward_score == 1.0 and output.extra_fields["over_turn"] is False and output.num_turns == 4
     assert len(output.multi_modal_data["images"]) == 2 and len(output.response_ids) == len(output.response_mask)
     assert output.metrics.generate_sequences > 0
+    assert loop.encoder.backbone.name == "qwen2.5-vl"
     if hasattr(output, "as_dict"):  # the real verl: the record the trainer stores
         record = output.as_dict()
         assert float(record["rm_scores"][-1]) == 1.0 and record["response_mask"].sum() == sum(output.response_mask)
+
+
+def test_the_loop_reads_the_family_from_the_checkpoint_or_verls_model_type(verl_api: types.ModuleType, tmp_path: Path) -> None:
+    loop = importlib.import_module("mini_o3.train.verl.loop")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_5"}))
+    assert loop.model_backbone(str(tmp_path), "qwen2_5_vl").name == "qwen3.5"  # the checkpoint wins
+    assert loop.model_backbone("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl").name == "qwen3-vl"  # a hub id has no folder to read
+    with pytest.raises(ValueError, match="cannot tell the model's family"):
+        loop.model_backbone("Qwen/Qwen3-VL-8B-Instruct", None)
 
 
 def test_verls_own_postprocess_takes_the_record(tiny: tuple, encoder: PromptEncoder, sample: Sample) -> None:

@@ -183,9 +183,9 @@ class PromptEncoder:
 
         The ids as sampled, then what the template closes a turn with: "\\n" after a sampled
         `<|im_end|>`, else `<|im_end|>\\n` (a turn cut at `</grounding>` or by the token limit, or
-        ended by `<|endoftext|>`, which stays in the ids).
+        ended by `<|endoftext|>`, which stays in the ids; a turn cut before its first id).
         """
-        closer = self._newline if token_ids[-1] == self.im_end_id else self._close
+        closer = self._newline if token_ids and token_ids[-1] == self.im_end_id else self._close
         return list(token_ids) + closer, [1] * len(token_ids) + [0] * len(closer)
 
     def _image_features(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -225,6 +225,8 @@ class RLJobConfig:
             )
         if self.loss_aggregation not in ("rollout_token_mean", "token_mean"):
             raise ValueError(f"loss_aggregation must be rollout_token_mean or token_mean, got {self.loss_aggregation!r}")
+        if self.rollout_engine not in ("auto", "cached", "generate"):
+            raise ValueError(f"rollout_engine must be auto, cached or generate, got {self.rollout_engine!r}")
         if not 0 <= self.clip_low < 1 or self.clip_high < 0:
             raise ValueError(f"clip bounds must satisfy 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
         if self.vllm_tensor_parallel_size != 1 and self.use_vllm:

@@ -1,25 +1,23 @@
 """One episode's token ids built turn by turn: the prompt the server sees is always the ids so far.
 
-The layout is `mini_o3.train.tokenize`'s (the TRL path), built incrementally instead of once at
-the end: non-assistant messages are rendered by `protocol.render_messages` with each image pad
-expanded to the processor's count, an assistant turn is `<|im_start|>assistant\\n` then exactly
-the ids the server sampled (mask 1), closed by `\\n` when they end with `<|im_end|>` and by
-`<|im_end|>\\n` otherwise (a zoom stops at `</grounding>`). Everything the model did not write
-has mask 0 and log-prob 0.0. The sampled ids are never re-tokenised, so the ids trained on are
-the ids the server conditioned on, turn after turn.
+The layout is `mini_o3.train.tokenize`'s (the TRL path) and `PromptEncoder.encode`'s (the local
+policies'), built incrementally instead of once at the end, in the checkpoint's family markup
+(the encoder's backbone): non-assistant messages are rendered one at a time by the family's
+`render_messages` with each image pad expanded to the processor's count, an assistant turn is
+the family's assistant header (`<|im_start|>assistant\\n`, on Qwen3.5 followed by `<think>\\n`)
+then exactly the ids the server sampled (mask 1), closed as `PromptEncoder.sampled_turn` closes
+it (`\\n` after a sampled `<|im_end|>`, else `<|im_end|>\\n`: a zoom stops at `</grounding>`).
+Everything the model did not write has mask 0 and log-prob 0.0. The sampled ids are never
+re-tokenised, so the ids trained on are the ids the server conditioned on, turn after turn.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mini_o3.agent import protocol
 from mini_o3.agent.images import as_pil
+from mini_o3.models.backbone import VISION_TOKENS
 from mini_o3.policies.local import PromptEncoder
-
-IM_END = "<|im_end|>"
-VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-"""Tokens a turn must never contain: they would break the alignment of images and pads."""
 
 
 class EpisodeTokens:
@@ -27,12 +25,11 @@ class EpisodeTokens:
 
     def __init__(self, encoder: PromptEncoder, tokenizer: Any) -> None:
         self.encoder = encoder
-        self.im_end_id = int(tokenizer.convert_tokens_to_ids(IM_END))
+        self.im_end_id = encoder.im_end_id
         self.vision_ids = {int(i) for i in (tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS) if i is not None}
         self.vision_ids.discard(getattr(tokenizer, "unk_token_id", None))
-        self._newline = encoder.encode_text("\n")
-        self._close = encoder.encode_text(IM_END + "\n")
-        self._header = encoder.encode_text("<|im_start|>assistant\n")
+        self._header = encoder.assistant_header()
+        self._last_turn: list[int] = []
         self.prompt_ids: list[int] = []
         self.response_ids: list[int] = []
         self.response_mask: list[int] = []
@@ -77,14 +74,16 @@ class EpisodeTokens:
         if logprobs is not None and len(logprobs) != len(token_ids):
             raise ValueError(f"{len(logprobs)} log-probs for {len(token_ids)} sampled tokens")
         self._extend(list(token_ids), model_written=True, logprobs=logprobs)
+        self._last_turn = list(token_ids)
         self._open_turn = True
 
     def _closer(self) -> list[int]:
-        last = self.response_ids[-1] if self.response_ids else None
-        return self._newline if last == self.im_end_id else self._close
+        # What follows the sampled ids in the local policies' prompts and in training (one rule).
+        closed, _ = self.encoder.sampled_turn(self._last_turn)
+        return closed[len(self._last_turn) :]
 
     def _render(self, message: dict[str, Any]) -> list[int]:
-        ids = self.encoder.encode_text(protocol.render_messages([message], add_generation_prompt=False))
+        ids = self.encoder.encode_text(self.encoder.render([message], add_generation_prompt=False))
         images = [as_pil(part["image"]) for part in message["content"] if part["type"] == "image"]
         if sum(1 for token in ids if token == self.encoder.image_token_id) != len(images):
             raise ValueError("a message holds a literal <|image_pad|> in its text")

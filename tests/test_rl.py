@@ -490,10 +490,18 @@ def test_a_failed_judge_call_gives_no_reward_and_fails_its_group() -> None:
     assert not RolloutGroup(0, [], [1.0, 0.0]).failed
 
 
-@slow
-def test_a_last_turn_cut_inside_grounding_is_void_trained_with_reward_zero(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+def _scripted_batch(tiny_dir: Path, samples: list[Sample], out: Path, turn: Any, **fields: Any) -> tuple[dict, list[dict]]:
+    """One RL batch of questions 0 and 1 rolled out by a scripted `turn`, and the rollouts the trainer saved."""
     from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
 
+    trainer = build_trainer(job(tiny_dir, out, concurrency=1, dynamic_sampling=False, **fields), samples, ScriptedPolicy(turn))
+    batch = trainer._generate_and_score_completions(rows(trainer, [0, 1]))
+    trainer.close()
+    return batch, [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
+
+
+@slow
+def test_a_last_turn_cut_inside_grounding_is_void_trained_with_reward_zero(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
     cut = Generation(text='<think>Closer.</think><grounding>{"bbox_2d": [0.1, 0.1,', finish_reason="length")
     closed = "<think>Closer.</think>" + protocol.render_zoom(protocol.Zoom((0.1, 0.1, 0.7, 0.7)))
     for void_on in (True, False):
@@ -507,12 +515,7 @@ def test_a_last_turn_cut_inside_grounding_is_void_trained_with_reward_zero(tiny_
                 draw = rng.random()
             return cut if draw < 0.4 else closed if draw < 0.7 else "<think>It is red.</think><answer>red</answer>"
 
-        out = tmp_path / f"void-{void_on}"
-        config = job(tiny_dir, out, concurrency=1, dynamic_sampling=False, void_unclosed_grounding=void_on)
-        trainer = build_trainer(config, samples, ScriptedPolicy(turn))
-        batch = trainer._generate_and_score_completions(rows(trainer, [0, 1]))
-        trainer.close()
-        records = [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
+        batch, records = _scripted_batch(tiny_dir, samples, tmp_path / f"void-{void_on}", turn, void_unclosed_grounding=void_on)
         kinds = set()
         for row, record in enumerate(records):
             void = record["turns"][-1]["text"] == cut.text
@@ -527,8 +530,6 @@ def test_a_last_turn_cut_inside_grounding_is_void_trained_with_reward_zero(tiny_
 
 @slow
 def test_ignore_void_masks_rollouts_that_end_without_an_answer_or_action(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
-    from mini_o3.train.rl import ROLLOUTS_FILE, build_trainer
-
     closed = "<think>Closer.</think>" + protocol.render_zoom(protocol.Zoom((0.1, 0.1, 0.7, 0.7)))
     for ignore in (True, False):
         rng = random.Random(7)
@@ -541,12 +542,7 @@ def test_ignore_void_masks_rollouts_that_end_without_an_answer_or_action(tiny_di
                 draw = rng.random()
             return "<think>" if draw < 0.5 else "<think>It is red.</think><answer>red</answer>"
 
-        out = tmp_path / f"ignore-{ignore}"
-        config = job(tiny_dir, out, concurrency=1, dynamic_sampling=False, ignore_void=ignore)
-        trainer = build_trainer(config, samples, ScriptedPolicy(turn))
-        batch = trainer._generate_and_score_completions(rows(trainer, [0, 1]))
-        trainer.close()
-        records = [json.loads(line) for line in (out / ROLLOUTS_FILE).read_text().splitlines()]
+        batch, records = _scripted_batch(tiny_dir, samples, tmp_path / f"ignore-{ignore}", turn, ignore_void=ignore)
         statuses = {record["status"] for record in records}
         assert statuses == {"answered", "no_answer"}
         for row, record in enumerate(records):

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from mini_o3.eval.card import card_rows
 from mini_o3.eval.draw import draw_zoom_boxes
-from mini_o3.eval.runner import CONFIG_FILE, METRICS_FILE, RunDirError, latest_trajectories, read_results
+from mini_o3.eval.run_dir import CONFIG_FILE, METRICS_FILE, RunDirError, latest_trajectories, read_results
 from mini_o3.jsonl import write_atomic
 from mini_o3.agent.images import ImageLoadError, open_image
 from mini_o3.agent.store import safe_name

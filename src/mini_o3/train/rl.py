@@ -51,7 +51,7 @@ from mini_o3.agent.sample import Sample
 from mini_o3.agent.policy import Policy
 from mini_o3.models.backbone import backbone_of
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
-from mini_o3.train import masking
+from mini_o3.train import batch_rows, masking
 from mini_o3.train.config import RLJobConfig, config_json, require_backends
 from mini_o3.train.console import LIBRARY_LOG, Figure, library_noise_to, show_progress
 from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
@@ -290,9 +290,18 @@ def trainer_class() -> type:
             generate_every = self.args.steps_per_generation * self.num_iterations
             if self.args.gradient_accumulation_steps % generate_every != 0 or self.use_vllm:
                 # Several optimizer steps share these rollouts: freeze the log-probs they were judged by.
-                with torch.no_grad():
-                    batch["old_per_token_logps"] = self._logprobs(self.model, batch)
+                batch["old_per_token_logps"] = self._old_logprobs(batch)
             return batch
+
+        def _old_logprobs(self, batch: dict[str, Any]) -> torch.Tensor:
+            """Log-probs of the rollouts that carry loss, in micro-batches of similar length; masked rows get 0 (never read)."""
+            old = torch.zeros(batch["completion_ids"].shape, dtype=torch.float32, device=batch["completion_ids"].device)
+            lengths = (batch["prompt_mask"].sum(dim=1) + batch["completion_mask"].sum(dim=1)).tolist()
+            with torch.no_grad():
+                for rows in batch_rows.length_chunks(lengths, batch_rows.live_rows(batch["loss_mask"]), self.args.per_device_train_batch_size):
+                    logprobs = self._logprobs(self.model, batch_rows.select_rows(batch, rows))
+                    old[torch.tensor(rows, device=old.device)] = logprobs.to(old.dtype)
+            return old
 
         def _logprobs(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
             # Rows are padded to the longest rollout of the whole step; a micro-batch runs only as
@@ -352,20 +361,25 @@ def trainer_class() -> type:
         # ------------------------------------------------------------ loss
 
         def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-            logprobs = self._logprobs(model, inputs)
-            old = inputs.get("old_per_token_logps")
+            rows = inputs["advantages"].shape[0]
+            # Masked rollouts add nothing (batch_rows); a micro-batch of masked rollouts only still
+            # runs one through the model, so its loss is a zero with every parameter in the graph.
+            live = batch_rows.live_rows(inputs["loss_mask"]) or [0]
+            picked = inputs if len(live) == rows else batch_rows.select_rows(inputs, live)
+            logprobs = self._logprobs(model, picked)
+            old = picked.get("old_per_token_logps")
             old = logprobs.detach() if old is None else old
             if self.job.loss_aggregation == masking.ROLLOUT_TOKEN_MEAN:
                 # The rollouts of one optimizer step on this process (gradients are averaged over
                 # processes): a fixed count, like verl's accumulation factor, whatever the masks.
-                normaliser = inputs["advantages"].shape[0] * self.current_gradient_accumulation_steps
+                normaliser = rows * self.current_gradient_accumulation_steps
             else:
                 # As TRL's "dapo": `num_items_in_batch` counts the unmasked tokens of the whole
                 # generation batch over all processes; rescale it to one optimizer step here.
                 normaliser = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
                 normaliser = normaliser * self.current_gradient_accumulation_steps / self.args.steps_per_generation
             loss, stats = masking.clipped_token_loss(
-                logprobs, old, inputs["advantages"], inputs["loss_mask"], self.job.clip_low, self.job.clip_high,
+                logprobs, old, picked["advantages"], picked["loss_mask"], self.job.clip_low, self.job.clip_high,
                 self.job.loss_aggregation, normaliser,
             )
             if stats.tokens > 0:  # a micro-batch of masked rollouts only has no ratio to report (not 0)
@@ -380,7 +394,8 @@ def trainer_class() -> type:
             started = time.perf_counter()
             loss = super().training_step(model, inputs, num_items_in_batch)
             self._update_seconds += time.perf_counter() - started - (self._rollout_seconds - before)
-            if self._step % self.current_gradient_accumulation_steps == 0:
+            # One figure per RL step: all its optimizer steps (and the old-log-prob recompute).
+            if self._step % (self.args.steps_per_generation * self.num_iterations) == 0:
                 self._metrics["train"]["time/update_s"].append(self._update_seconds)
                 self._update_seconds = 0.0
             return loss

@@ -81,11 +81,13 @@ def run_child(out: Path) -> None:
     rl.run_rl(job)
     wall = time.perf_counter() - started
     log = [json.loads(line) for line in (out / "train" / rl.LOG_FILE).read_text().splitlines() if '"time/rollout_s"' in line]
-    steps = [row["time/rollout_s"] + row["time/update_s"] for row in log]
+    # Wall time between step records: older code logged one optimizer step's update time, not the RL step's.
+    elapsed = [0.0] + [row["elapsed_s"] for row in log]
+    steps = [elapsed[i + 1] - elapsed[i] for i in range(len(log))]
     print("FIGURES " + json.dumps({
         "step_s": [round(value, 2) for value in steps],
         "rollout_s": [round(row["time/rollout_s"], 2) for row in log],
-        "update_s": [round(row["time/update_s"], 2) for row in log],
+        "update_s": [round(step - row["time/rollout_s"], 2) for step, row in zip(steps, log)],
         "rollouts_per_step": [row["rollouts/count"] for row in log],
         "step_s_mean": round(statistics.mean(steps), 2),
         "run_wall_s": round(wall, 1),

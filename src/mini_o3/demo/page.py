@@ -152,7 +152,8 @@ def write_page(root: Path, summary: dict[str, Any], models: Table, masking: Tabl
         f"{config['grid']}x{config['grid']} grid world · {_e(config['train_scenes'])} train and {_e(config['test_scenes'])} test questions · "
         f"Avg@{_e(config['eval_samples'])} at temperature {_e(config['eval_temperature'])} · up to {_e(summary['eval_turns'])} turns</p>",
         f"<p>Levels by where the target sits in reading order ({_e(levels)}): easy and medium fit the {_e(config['rl_max_turns'])} "
-        "RL training turns, hard needs more (only test-time turns reach it). The dotted line marks the RL turn limit.</p>",
+        "RL training turns, hard needs more (only test-time turns reach it; none when training allows every turn the test does). "
+        "The dotted line marks the RL turn limit.</p>",
         "<h2>Accuracy</h2>",
         _table(*models, links),
         f"<div class=plots>{plots}</div>",

@@ -639,7 +639,7 @@ def summary_tables(summary: dict[str, Any]) -> list[Table | str]:
     """The console's tables (models; masking on against off with the ablation) with a note each, made to fit 80 columns."""
     config = summary["config"]
     levels = ", ".join(f"{level} {count}" for level, count in summary["levels"].items())
-    budgets = [1, config["rl_max_turns"], summary["eval_turns"]]
+    budgets = sorted({1, config["rl_max_turns"], summary["eval_turns"]})
     parts = [
         (
             f"Avg@{config['eval_samples']} on {config['test_scenes']} held-out questions ({levels})",

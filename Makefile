@@ -31,8 +31,9 @@ test: $(STAMP) browser
 test-fast: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The benchmarks; bench/rl_*.py are experiment drivers that take a demo run's folders (see each docstring).
 bench: $(STAMP)
-	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -59,7 +59,7 @@ def build_model_dir(size: str, folder: Path, pixels: int, family: str = "qwen2.5
     """Write a random-weight checkpoint of `size` and `family` to `folder`; return it and its parameter count."""
     import transformers
 
-    from mini_o3.models.backbone import backbone_named
+    from mini_o3.models.families import backbone_named
 
     tokenizer = build_tokenizer(family=family)
     real = QWEN25_VL_7B if family == "qwen2.5-vl" else QWEN3_VL_8B

@@ -11,7 +11,8 @@ from PIL import Image
 
 from mini_o3.agent import protocol
 from mini_o3.agent.policy import PolicyError, SamplingParams
-from mini_o3.models.backbone import CheckpointError, backbone_named, backbone_of, backbones, read_backbone
+from mini_o3.models.backbone import CheckpointError
+from mini_o3.models.families import backbone_named, backbone_of, backbones, read_backbone
 from mini_o3.models.tiny import build_tiny, load_checkpoint
 from mini_o3.policies.local import LocalPolicy, PromptEncoder
 from mini_o3.train.tokenize import ConversationEncoder

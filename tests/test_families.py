@@ -22,7 +22,7 @@ from mini_o3.cli import app
 from mini_o3.coldstart.collect import CollectConfig, collect
 from mini_o3.coldstart.oracle import PatternMix
 from mini_o3.data.synth import SynthOptions, synthesize
-from mini_o3.models.backbone import read_backbone
+from mini_o3.models.families import read_backbone
 from mini_o3.models.episode_settings import EPISODE_FILE, read_episode_settings
 from mini_o3.models.tiny import build_tiny
 

@@ -379,7 +379,7 @@ def test_vllm_turns_continue_from_the_ids_vllm_sampled(encoder: ConversationEnco
 
 @pytest.mark.parametrize("family", ["qwen3-vl", "qwen3.5"])
 def test_other_families_continue_each_turn_from_the_sampled_ids(family: str, tmp_path, sample: Sample) -> None:
-    from mini_o3.models.backbone import backbone_of
+    from mini_o3.models.families import backbone_of
     from mini_o3.policies.local import LocalPolicy
     from mini_o3.policies.seeded import SeededPolicy
 

@@ -212,7 +212,7 @@ def test_the_ids_are_the_trl_paths_ids_for_the_same_episode(tiny: tuple, encoder
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl", "qwen3.5"])
 def test_each_familys_episode_is_in_its_markup_and_is_the_trl_paths_and_the_local_policys(family: str, tmp_path: Path, sample: Sample) -> None:
-    from mini_o3.models.backbone import backbone_of
+    from mini_o3.models.families import backbone_of
 
     model, tokenizer, image_processor = family_tiny = load_checkpoint(build_tiny(tmp_path / "model", family=family))
     backbone = backbone_of(model)

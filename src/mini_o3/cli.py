@@ -534,7 +534,7 @@ def tiny(
     family: str = typer.Option("qwen2.5-vl", help="The model family: qwen2.5-vl, qwen3-vl or qwen3.5."),
 ) -> None:
     """Build a tiny random checkpoint of a supported family (model, tokenizer, processor) offline."""
-    from mini_o3.models.backbone import backbones
+    from mini_o3.models.families import backbones
     from mini_o3.models.tiny import build_tiny
 
     if family not in backbones():

@@ -487,7 +487,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
-    from mini_o3.models.backbone import backbone_of
+    from mini_o3.models.families import backbone_of
 
     encoder = PromptEncoder(tokenizer, image_processor, image_cache_bytes=0, backbone=backbone_of(model))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.convert_tokens_to_ids("<|endoftext|>")

@@ -8,7 +8,8 @@ error turns, the action grammar) stay the released Mini-o3 checkpoint's on every
 the chat markup around them is the family's.
 
 The family is always read from the checkpoint (`config.json`'s `model_type`), never given by
-hand: `read_backbone(folder)` for a folder, `backbone_of(model)` for a loaded model.
+hand: `models.families` has `read_backbone(folder)` for a folder, `backbone_of(model)` for a
+loaded model.
 
 Each family lives in its own module (`qwen2_5_vl`, `qwen3_vl`, `qwen3_5`), which also knows how
 to build a tiny random model of that family for the tests and the demo.
@@ -17,10 +18,8 @@ to build a tiny random model of that family for the tests and the demo.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from mini_o3.agent.policy import PolicyError
@@ -202,51 +201,6 @@ class Backbone:
         from mini_o3.models.processors import image_only_processor
 
         return image_only_processor(self, tokenizer, image_processor)
-
-
-# ---------------------------------------------------------------- the registry
-
-
-def backbones() -> dict[str, Backbone]:
-    """Every supported family by name, in the order they came out."""
-    from mini_o3.models import qwen2_5_vl, qwen3_5, qwen3_vl
-
-    return {family.BACKBONE.name: family.BACKBONE for family in (qwen2_5_vl, qwen3_vl, qwen3_5)}
-
-
-def backbone_named(name: str) -> Backbone:
-    """The family called `name` (qwen2.5-vl, qwen3-vl, qwen3.5); also accepts a `model_type`."""
-    known = backbones()
-    if name in known:
-        return known[name]
-    for backbone in known.values():
-        if name in backbone.model_types:
-            return backbone
-    raise ValueError(f"unknown model family {name!r}; supported: {', '.join(known)}")
-
-
-def backbone_for_model_type(model_type: str | None, where: str = "the checkpoint") -> Backbone:
-    """The family whose config.json says `model_type`."""
-    for backbone in backbones().values():
-        if model_type in backbone.model_types:
-            return backbone
-    supported = ", ".join(f"{backbone.name} ({'/'.join(backbone.model_types)})" for backbone in backbones().values())
-    raise CheckpointError(f"{where} is a {model_type!r} model; mini-o3 supports {supported}")
-
-
-def read_backbone(directory: str | Path) -> Backbone:
-    """The family of the checkpoint in `directory`, from its config.json."""
-    path = Path(directory) / "config.json"
-    try:
-        model_type = json.loads(path.read_text()).get("model_type")
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read {path}: {error}") from error
-    return backbone_for_model_type(model_type, f"checkpoint {directory}")
-
-
-def backbone_of(model: Any) -> Backbone:
-    """The family of a loaded model, from its config."""
-    return backbone_for_model_type(getattr(getattr(model, "config", None), "model_type", None), type(model).__name__)
 
 
 def template_generation_prefix(tokenizer: Any) -> str | None:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from mini_o3.agent import protocol
-from mini_o3.models.backbone import Backbone, CheckpointError, backbone_named, read_backbone, round_vocab  # noqa: F401 - CheckpointError is re-exported
+from mini_o3.models.backbone import Backbone, CheckpointError, round_vocab  # noqa: F401 - CheckpointError is re-exported
+from mini_o3.models.families import backbone_named, read_backbone
 from mini_o3.models.processors import ImageOnlyQwen2_5_VLProcessor  # noqa: F401 - re-exported
 from mini_o3.models.qwen2_5_vl import CHAT_TEMPLATE  # noqa: F401 - re-exported
 from mini_o3.models.interop import SAMPLING_DEFAULTS, mark_for_saving
@@ -358,7 +359,7 @@ def load_checkpoint(
 ) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image_processor) from a tiny or real checkpoint directory of a supported family, offline.
 
-    The family comes from config.json (`models.backbone.read_backbone`). `dtype` defaults to
+    The family comes from config.json (`models.families.read_backbone`). `dtype` defaults to
     float32 on CPU and bfloat16 elsewhere; `min_pixels` / `max_pixels` override the processor's
     own limits. The processor is always the PIL one (no torchvision).
     """
@@ -420,7 +421,7 @@ def build_processor(tokenizer: Any, image_processor: Any, backbone: Backbone | N
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m mini_o3.models.tiny OUT_DIR [--seed N] [--size tiny|small] [--family NAME]`."""
-    from mini_o3.models.backbone import backbones
+    from mini_o3.models.families import backbones
 
     parser = argparse.ArgumentParser(prog="python -m mini_o3.models.tiny", description="Build an offline tiny random checkpoint of a supported family.")
     parser.add_argument("out_dir", type=Path)

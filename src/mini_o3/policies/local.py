@@ -49,7 +49,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from mini_o3.agent.images import as_pil
 from mini_o3.agent.policy import Generation, PolicyError, SamplingParams
-from mini_o3.models.backbone import VISION_TOKENS, Backbone, backbone_named, backbone_of, with_checkpoint_template
+from mini_o3.models.backbone import VISION_TOKENS, Backbone, with_checkpoint_template
+from mini_o3.models.families import backbone_named, backbone_of
 from mini_o3.policies.row_sampling import choose_tokens, draw_uniforms
 
 SUPPRESSED_TOKENS = VISION_TOKENS

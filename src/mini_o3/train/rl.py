@@ -49,7 +49,7 @@ from rich.console import Console
 from mini_o3.agent.loop import Episode, run_episodes
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.policy import Policy
-from mini_o3.models.backbone import backbone_of
+from mini_o3.models.families import backbone_of
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
 from mini_o3.train import batch_rows, masking
 from mini_o3.train.config import RLJobConfig, config_json, require_backends

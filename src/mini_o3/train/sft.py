@@ -101,7 +101,8 @@ def collate(encoded: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
 
 def freeze_vision(model: Any) -> int:
     """Freeze the vision tower and its projector (merger) of the model's family; return how many parameters were frozen."""
-    from mini_o3.models.backbone import CheckpointError, backbone_of
+    from mini_o3.models.backbone import CheckpointError
+    from mini_o3.models.families import backbone_of
 
     try:
         backbone = backbone_of(model)
@@ -158,7 +159,7 @@ def _fine_tune(config: SFTJobConfig, out: Path, console: Console | None) -> Path
     model, tokenizer, image_processor = _load_model(config.model_path, config.bf16)
     if config.freeze_vision:
         freeze_vision(model)
-    from mini_o3.models.backbone import backbone_of
+    from mini_o3.models.families import backbone_of
 
     backbone = backbone_of(model)
     print(f"model family: {backbone.name} ({type(model).__name__})", flush=True)

@@ -24,7 +24,8 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(f"mini_o3.train.verl.loop runs inside verl; install it with pip install 'mini-o3[verl]' ({error})") from error
 
-from mini_o3.models.backbone import Backbone, backbone_for_model_type, read_backbone
+from mini_o3.models.backbone import Backbone
+from mini_o3.models.families import backbone_for_model_type, read_backbone
 from mini_o3.policies.local import PromptEncoder
 from mini_o3.train.verl.episode import VerlEpisodeSettings, run_verl_episode
 from mini_o3.train.verl.rows import AGENT_NAME, row_to_sample

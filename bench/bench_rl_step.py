@@ -48,22 +48,9 @@ def demo_job(out: Path) -> dict:
     from dataclasses import asdict
 
     from mini_o3.demo import pipeline
-    from mini_o3.train import rl
 
-    captured = []
-
-    def capture(job, *rest, **kwargs):
-        captured.append(job)
-        raise StopIteration
-
-    real, rl.run_rl = rl.run_rl, capture
-    try:
-        pipeline._stage_rl(pipeline.demo_config("default"), out, str(args.data), str(args.model), True)
-    except StopIteration:
-        pass
-    finally:
-        rl.run_rl = real
-    return {**asdict(captured[0]), "steps": args.steps, "save_steps": 10**6, "save_token_ids": True, "resume": False}
+    job = pipeline.rl_job_config(pipeline.demo_config("default"), out, str(args.data), str(args.model), True)
+    return {**asdict(job), "steps": args.steps, "save_steps": 10**6, "save_token_ids": True, "resume": False}
 
 
 def run_child(out: Path) -> None:

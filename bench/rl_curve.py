@@ -21,18 +21,11 @@ cfg = json.loads((run / "demo_config.json").read_text())
 config = p.DemoConfig(**{k: v for k, v in cfg.items() if k in p.DemoConfig.__dataclass_fields__})
 data = json.loads((run / "data" / "stage.json").read_text())["result"]
 model = json.loads((run / "sft" / "stage.json").read_text())["result"]["model"]
-captured = []
-def capture(job, *a, **k):
-    captured.append(job); raise StopIteration
-real, rl.run_rl = rl.run_rl, capture
-try: p._stage_rl(config, out, data["train"], model, True)
-except StopIteration: pass
-rl.run_rl = real
 ftypes = {f.name: f.type for f in fields(RLJobConfig)}
 def conv(k, v):
     t = str(ftypes[k]).replace(" | None", "")
     return {"int": int, "float": float, "bool": lambda x: x in ("1", "true", "True"), "str": str}.get(t, str)(v)
-job = with_overrides(captured[0], steps=steps, save_steps=every, save_total_limit=None, **{k: conv(k, v) for k, v in kv.items()})
+job = with_overrides(p.rl_job_config(config, out, data["train"], model, True), steps=steps, save_steps=every, save_total_limit=None, **{k: conv(k, v) for k, v in kv.items()})
 t0 = time.time()
 if not (out / "train" / "final").exists():
     rl.run_rl(job)

@@ -17,7 +17,7 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
-from mini_o3.demo.pipeline import LEVELS, demo_config, level_of, print_summary, rl_runs
+from mini_o3.demo.pipeline import LEVELS, demo_config, level_of, print_summary, rl_job_config, rl_runs
 
 STAGES = ("base", "data", "collect", "sft", "rl", "rl_no_mask", "eval_oracle", "eval_start", "eval_sft", "eval_rl", "eval_rl_no_mask")
 
@@ -244,26 +244,9 @@ def test_a_stage_shows_one_line_and_keeps_what_it_printed_in_its_log(tmp_path: P
     assert not (tmp_path / "rl" / "stage.json").exists()
 
 
-def _rl_job(config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """The RLJobConfig the demo's RL stage builds for `config` (run_rl is stopped before any work)."""
-    from mini_o3.demo import pipeline
-    from mini_o3.train import rl
-
-    jobs = []
-
-    def capture(job, *rest, **kwargs):
-        jobs.append(job)
-        raise StopIteration
-
-    monkeypatch.setattr(rl, "run_rl", capture)
-    with pytest.raises(StopIteration):
-        pipeline._stage_rl(config, tmp_path, "train-folder", "model-folder", overturn_mask=True)
-    return jobs[0]
-
-
-def test_the_demo_settings_reach_the_rl_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_demo_settings_reach_the_rl_job(tmp_path: Path) -> None:
     config = demo_config(rl_steps=3, rl_max_turns=7, rl_ppo_epochs=2, rl_mini_batch_prompts=2, rl_learning_rate=3e-4, rl_ignore_void=False)
-    job = _rl_job(config, monkeypatch, tmp_path)
+    job = rl_job_config(config, tmp_path, "train-folder", "model-folder", overturn_mask=True)
     assert (job.steps, job.max_turns, job.ppo_epochs, job.mini_batch_prompts) == (3, 7, 2, 2)
     assert (job.learning_rate, job.ignore_void, job.overturn_mask) == (3e-4, False, True)
     assert job.loss_aggregation == "rollout_token_mean"  # the released objective

@@ -397,13 +397,11 @@ def rl_runs(config: DemoConfig) -> list[tuple[str, bool, int]]:
     ]
 
 
-def _stage_rl(
-    config: DemoConfig, folder: Path, train: str, model: str, overturn_mask: bool, repeat: int = 0, console: Console | None = None
-) -> dict[str, Any]:
+def rl_job_config(config: DemoConfig, folder: Path, train: str, model: str, overturn_mask: bool, repeat: int = 0) -> Any:
+    """The `RLJobConfig` of the demo's RL stage: RL from `model` on the training world `train`, into `folder`."""
     from mini_o3.train.config import RLJobConfig
-    from mini_o3.train.rl import run_rl
 
-    job = RLJobConfig(
+    return RLJobConfig(
         data=f"synthetic:{train}", model_path=model, output_dir=str(folder / "train"), steps=config.rl_steps,
         prompts_per_step=config.rl_prompts_per_step, mini_batch_prompts=config.rl_mini_batch_prompts,
         num_generations=config.rl_generations, learning_rate=config.rl_learning_rate, max_turns=config.rl_max_turns,
@@ -412,7 +410,14 @@ def _stage_rl(
         policy_batch_size=32, save_steps=max(2, config.rl_steps // 3), seed=config.seed + repeat, freeze_vision=False,
         ignore_void=config.rl_ignore_void, ppo_epochs=config.rl_ppo_epochs,
     )
-    final = run_rl(job, console=console)
+
+
+def _stage_rl(
+    config: DemoConfig, folder: Path, train: str, model: str, overturn_mask: bool, repeat: int = 0, console: Console | None = None
+) -> dict[str, Any]:
+    from mini_o3.train.rl import run_rl
+
+    final = run_rl(rl_job_config(config, folder, train, model, overturn_mask, repeat), console=console)
     return {"model": str(final), "overturn_mask": overturn_mask, "repeat": repeat, "log": str(folder / "train" / "log.jsonl")}
 
 

@@ -380,3 +380,32 @@ def test_cached_engine_never_shares_an_image_with_other_pixels(checkpoint: Path)
             generation = local.generate(messages, GREEDY)
             assert torch.allclose(torch.tensor(generation.logprobs), _teacher_forced_logprobs(local, messages, generation.token_ids), atol=1e-4)
         assert 0 < local.cached.reused_tokens < len(local.encode(messages).input_ids)  # the system prompt only
+
+
+def test_cached_engine_shares_an_equal_image_held_in_another_object(checkpoint: Path) -> None:
+    model, tokenizer, image_processor = tiny.load_checkpoint(checkpoint)
+    # Two objects, one picture (a rollout reopening the question's image): the second prompt
+    # continues the first one's keys through the image, by the pixels' digest, not the object.
+    first, second = (Image.new("RGB", (224, 224), (250, 20, 20)) for _ in range(2))
+    with LocalPolicy((model, tokenizer, image_processor), engine="cached") as local:
+        prompts = [[protocol.system_message(), protocol.first_user_message(image, "What colour is it?")] for image in (first, second)]
+        local.generate(prompts[0], GREEDY)
+        reused = local.cached.reused_tokens
+        generation = local.generate(prompts[1], GREEDY)
+        encoded = local.encode(prompts[1])
+        assert local.cached.reused_tokens - reused > encoded.image_spans[0][1]  # past the image's pads
+        assert torch.allclose(torch.tensor(generation.logprobs), _teacher_forced_logprobs(local, prompts[1], generation.token_ids), atol=1e-4)
+
+
+def test_image_keys_tell_pixels_apart_and_survive_a_new_object() -> None:
+    from PIL import Image
+
+    from mini_o3.models.tiny import build_image_processor, build_tokenizer
+    from mini_o3.policies.local import PromptEncoder
+
+    encoder = PromptEncoder(build_tokenizer(), build_image_processor())
+    picture = Image.new("RGB", (56, 56), (10, 20, 30))
+    changed = picture.copy()
+    changed.putpixel((55, 55), (10, 20, 31))  # the last patch, one channel, one step
+    keys = [encoder._image_features(image)[2] for image in (picture, picture.copy(), changed)]
+    assert keys[0] == keys[1] and keys[0] != keys[2]

@@ -9,7 +9,7 @@ with `model.generate`, which batches only the calls that arrive together. This e
   the previous one: the last sampled token, the turn's closing tokens, the observation (its new
   image alone goes through the vision tower) and the next assistant header. A prompt continues
   a slot when the slot's ids are a prefix of the prompt's ids and the slot's images are the
-  prompt's first images (the same image objects), which is what a token-faithful conversation
+  prompt's first images (equal pixels: `EncodedPrompt.image_keys`), which is what a token-faithful conversation
   gives (`protocol.assistant_message` carries the sampled ids). Anything else starts a fresh
   slot, so a mismatch costs speed, never correctness;
 - decodes every request in flight in one forward per token (continuous batching): a request
@@ -136,10 +136,8 @@ class _Slot:
     """The tokens whose keys and values are cached, in order."""
     positions: list[int] = field(default_factory=list)
     """For each cached token, the rotary position of a text token that would follow it."""
-    images: list[Any] = field(default_factory=list)
-    """The image objects of those tokens, in order (held, so that their ids stay unique)."""
-    pixels: list[torch.Tensor] = field(default_factory=list)
-    """Each image's `pixel_values` rows (an equal image in another object shares the cache)."""
+    image_keys: list[bytes] = field(default_factory=list)
+    """The digest of each image among those tokens, in order (`EncodedPrompt.image_keys`)."""
     used: int = 0
     """When the slot last served a request (for least-recently-used reuse)."""
     busy: bool = False
@@ -256,7 +254,7 @@ class CachedEngine:
             request = waiting[0]
             # A prompt that shares a long prefix with one prefilled in this batch (the n rollouts of
             # a question start alike) waits one step and copies it, instead of computing it again.
-            in_batch = max((shared_prefix(other.prompt.input_ids, other.prompt.images, other.prompt.image_pixels, request.prompt)
+            in_batch = max((shared_prefix(other.prompt.input_ids, other.prompt.image_key, request.prompt, images=len(other.prompt.images))
                             for other, _, _ in joining), default=0)
             if in_batch >= SHARE_AT_LEAST and in_batch > self._best_cached(request.prompt):
                 deferred.append(waiting.pop(0))
@@ -315,8 +313,7 @@ class CachedEngine:
             elif source != target:
                 self._copy(source, target, cached)
             self.slots[target].truncate(cached)
-            self.slots[target].images = list(prompt.images[: self._images_before(prompt, cached)])
-            self.slots[target].pixels = [prompt.image_pixels(index) for index in range(len(self.slots[target].images))]
+            self.slots[target].image_keys = [prompt.image_key(index) for index in range(self._images_before(prompt, cached))]
         self.clock += 1
         self.slots[target].used = self.clock
         self.slots[target].busy = True
@@ -324,7 +321,7 @@ class CachedEngine:
 
     def _shared(self, slot: _Slot, prompt: Any, limit: int) -> int:
         """How many leading tokens of `prompt` the slot's cache holds (at most `limit`)."""
-        return shared_prefix(slot.ids, slot.images, lambda index: slot.pixels[index], prompt, limit)
+        return shared_prefix(slot.ids, slot.image_keys.__getitem__, prompt, limit, len(slot.image_keys))
 
     def _best_cached(self, prompt: Any) -> int:
         """The longest prefix of `prompt` any slot holds."""
@@ -342,7 +339,7 @@ class CachedEngine:
 
     def _reset(self, number: int) -> None:
         slot = self.slots[number]
-        slot.ids, slot.positions, slot.images, slot.pixels = [], [], [], []
+        slot.ids, slot.positions, slot.image_keys = [], [], []
 
     def _prefill(self, joining: list[tuple[Any, int, int]]) -> list[_Row]:
         """Run the new part of each joining prompt through the model; sample each one's first token."""
@@ -352,7 +349,7 @@ class CachedEngine:
         for request, number, cached in joining:
             slot, prompt = self.slots[number], request.prompt
             suffix = torch.tensor(prompt.input_ids[cached:], dtype=torch.long)
-            seen = len(slot.images)
+            seen = len(slot.image_keys)
             new_grids = prompt.image_grid_thw[seen:] if prompt.image_grid_thw is not None else None
             if new_grids is not None and len(new_grids):
                 offset = int(prompt.image_grid_thw[:seen].prod(dim=1).sum()) if seen else 0
@@ -381,8 +378,7 @@ class CachedEngine:
             slot, prompt = self.slots[number], request.prompt
             slot.ids = list(prompt.input_ids)
             slot.positions += (positions[row].max(dim=0).values.cummax(dim=0).values + 1).tolist()
-            slot.pixels += [prompt.image_pixels(index) for index in range(len(slot.images), len(prompt.images))]
-            slot.images = list(prompt.images)
+            slot.image_keys = [prompt.image_key(index) for index in range(len(prompt.images))]
             self.reused_tokens += cached
             self.prefill_tokens += len(suffixes[row])
             rows.append(_Row(request, number, draw_uniforms(request.seed, request.sampling.max_new_tokens), peak_batch=batch))
@@ -486,11 +482,12 @@ class CachedEngine:
         return sum(parameter._version for parameter in self.model.parameters())
 
 
-def shared_prefix(ids: list[int], images: list[Any], pixels: Callable[[int], torch.Tensor], prompt: Any, limit: int | None = None) -> int:
-    """How many leading tokens `prompt` shares with a sequence (`ids` showing `images`), never all of the prompt.
+def shared_prefix(ids: list[int], image_key: Callable[[int], bytes], prompt: Any, limit: int | None = None, images: int | None = None) -> int:
+    """How many leading tokens `prompt` shares with a sequence (`ids`, its images' digests by `image_key`), never all of the prompt.
 
     Image pads are the same ids for any image of a size, so an image counts as shared only when
-    it is the same object or has the same pixels, and a shared prefix never ends inside an image.
+    its digest (`EncodedPrompt.image_keys`: grid and pixels) is the prompt's, and a shared prefix
+    never ends inside an image. `images` bounds how many images the sequence holds (default: no bound).
     """
     theirs = prompt.input_ids
     limit = min(len(ids) if limit is None else limit, len(ids), len(theirs) - 1)
@@ -510,7 +507,7 @@ def shared_prefix(ids: list[int], images: list[Any], pixels: Callable[[int], tor
     for index, (start, end) in enumerate(prompt.image_spans):
         if start >= shared:
             break
-        same = index < len(images) and (images[index] is prompt.images[index] or torch.equal(pixels(index), prompt.image_pixels(index)))
+        same = (images is None or index < images) and image_key(index) == prompt.image_key(index)
         if not same or end > shared:
             return start
     return shared

@@ -33,6 +33,7 @@ and top-p. That is the quantity a GRPO ratio needs, whatever temperature sampled
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import secrets
 import threading
@@ -75,12 +76,20 @@ class EncodedPrompt:
     """The PIL images shown, in order (the cached engine matches conversations by these objects)."""
     image_spans: list[tuple[int, int]] = field(default_factory=list)
     """Where each image's pads lie in `input_ids`: [start, end)."""
+    image_keys: list[bytes] = field(default_factory=list)
+    """A digest of each image's grid and `pixel_values` rows (equal keys: equal model inputs); computed on demand when empty."""
 
     def image_pixels(self, index: int) -> torch.Tensor:
         """The `pixel_values` rows of image `index`."""
         sizes = self.image_grid_thw.prod(dim=1).tolist()
         start = sum(sizes[:index])
         return self.pixel_values[start : start + sizes[index]]
+
+    def image_key(self, index: int) -> bytes:
+        """The digest of image `index` (see `image_keys`)."""
+        if len(self.image_keys) != len(self.images):
+            self.image_keys = [pixels_key(self.image_pixels(i), self.image_grid_thw[i]) for i in range(len(self.images))]
+        return self.image_keys[index]
 
     def mm_token_type_ids(self) -> list[int]:
         """1 where the token is an image pad, else 0."""
@@ -107,7 +116,7 @@ class PromptEncoder:
         self._newline = self.encode_text("\n")
         self._close = self.encode_text(IM_END + "\n")
         self._assistant_header: list[int] | None = None
-        self._cache: OrderedDict[int, tuple[weakref.ref, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[weakref.ref, torch.Tensor, torch.Tensor, bytes]] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = image_cache_bytes
         self._lock = threading.Lock()
@@ -157,7 +166,7 @@ class PromptEncoder:
         features = [self._image_features(image) for image in images]
         expanded: list[int] = []
         spans: list[tuple[int, int]] = []
-        counts = iter(int(grid.prod()) // self.merge_size**2 for _, grid in features)
+        counts = iter(int(grid.prod()) // self.merge_size**2 for _, grid, _ in features)
         for token in ids:
             if token == self.image_token_id:
                 count = next(counts)
@@ -165,9 +174,9 @@ class PromptEncoder:
                 expanded.extend([token] * count)
             else:
                 expanded.append(token)
-        pixel_values = torch.cat([values for values, _ in features])
-        grid_thw = torch.stack([grid for _, grid in features])
-        return EncodedPrompt(expanded, pixel_values, grid_thw, self.image_token_id, images, spans)
+        pixel_values = torch.cat([values for values, _, _ in features])
+        grid_thw = torch.stack([grid for _, grid, _ in features])
+        return EncodedPrompt(expanded, pixel_values, grid_thw, self.image_token_id, images, spans, [key for _, _, key in features])
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         """The chat-template text of `messages` (the family's markup)."""
@@ -189,28 +198,30 @@ class PromptEncoder:
         closer = self._newline if token_ids and token_ids[-1] == self.im_end_id else self._close
         return list(token_ids) + closer, [1] * len(token_ids) + [0] * len(closer)
 
-    def _image_features(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _image_features(self, image: Any) -> tuple[torch.Tensor, torch.Tensor, bytes]:
+        """The processor's `pixel_values` and grid for `image`, and their digest (cached per image object)."""
         key = id(image)
         with self._lock:
             self._drop_freed()
             hit = self._cache.get(key)
             if hit is not None and hit[0]() is image:
                 self._cache.move_to_end(key)
-                return hit[1], hit[2]
+                return hit[1], hit[2], hit[3]
         output = self.image_processor(images=[image], return_tensors="pt")
         values, grid = output["pixel_values"].float(), output["image_grid_thw"][0].long()
+        digest = pixels_key(values, grid)
         size = values.numel() * values.element_size()
         if size <= self._cache_limit:
             with self._lock:
                 old = self._cache.pop(key, None)
                 if old is not None:
                     self._cache_bytes -= old[1].numel() * old[1].element_size()
-                self._cache[key] = (weakref.ref(image, lambda _, key=key: self._freed.append(key)), values, grid)
+                self._cache[key] = (weakref.ref(image, lambda _, key=key: self._freed.append(key)), values, grid, digest)
                 self._cache_bytes += size
                 while self._cache_bytes > self._cache_limit:
-                    _, (_, dropped, _) = self._cache.popitem(last=False)
+                    _, (_, dropped, _, _) = self._cache.popitem(last=False)
                     self._cache_bytes -= dropped.numel() * dropped.element_size()
-        return values, grid
+        return values, grid, digest
 
     def _drop_freed(self) -> None:
         while self._freed:
@@ -219,6 +230,14 @@ class PromptEncoder:
             if entry is not None and entry[0]() is None:
                 del self._cache[key]
                 self._cache_bytes -= entry[1].numel() * entry[1].element_size()
+
+
+def pixels_key(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> bytes:
+    """A digest of one image's patch grid and `pixel_values` rows: equal digests mean equal model inputs."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(grid_thw.tolist()).encode())
+    digest.update(pixel_values.detach().cpu().contiguous().numpy().tobytes())
+    return digest.digest()
 
 
 def _token_id(tokenizer: Any, token: str) -> int:

@@ -274,11 +274,15 @@ def _gradients(model: torch.nn.Module) -> torch.Tensor:
 
 
 @slow
-@pytest.mark.parametrize("aggregation", ["rollout_token_mean", "token_mean"])
+@pytest.mark.parametrize(("aggregation", "per_forward"), [("rollout_token_mean", 0), ("token_mean", 0), ("rollout_token_mean", 1)])
 def test_several_optimizer_steps_per_rl_step_follow_the_objective(
-    tiny_dir: Path, many_samples: list[Sample], tmp_path: Path, aggregation: str
+    tiny_dir: Path, many_samples: list[Sample], tmp_path: Path, aggregation: str, per_forward: int
 ) -> None:
-    """The 7B preset's shape: more questions per RL step than per mini-batch, so old log-probs are recomputed."""
+    """The 7B preset's shape: more questions per RL step than per mini-batch, so old log-probs are recomputed.
+
+    With `rollouts_per_forward` 1 (the demo's), each rollout runs alone and unpadded; the
+    gradients must be those of the objective written out on whole padded micro-batches.
+    """
     from transformers import TrainerCallback
 
     from mini_o3.train.rl import build_trainer
@@ -286,7 +290,7 @@ def test_several_optimizer_steps_per_rl_step_follow_the_objective(
     config = job(
         tiny_dir, tmp_path / "out", prompts_per_step=8, mini_batch_prompts=1, num_generations=4, micro_batch_size=2,
         max_grad_norm=1e9, learning_rate=1e-2, concurrency=1, max_sampling_rounds=12, save_steps=100,
-        loss_aggregation=aggregation,
+        loss_aggregation=aggregation, rollouts_per_forward=per_forward,
     )
     with pytest.raises(ValueError, match="at least prompts_per_step"):
         build_trainer(config, many_samples[:7], mixed_policy(seed=11))

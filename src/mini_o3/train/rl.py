@@ -298,7 +298,8 @@ def trainer_class() -> type:
             old = torch.zeros(batch["completion_ids"].shape, dtype=torch.float32, device=batch["completion_ids"].device)
             lengths = (batch["prompt_mask"].sum(dim=1) + batch["completion_mask"].sum(dim=1)).tolist()
             with torch.no_grad():
-                for rows in batch_rows.length_chunks(lengths, batch_rows.live_rows(batch["loss_mask"]), self.args.per_device_train_batch_size):
+                size = min(self.args.per_device_train_batch_size, self.job.rollouts_per_forward or self.args.per_device_train_batch_size)
+                for rows in batch_rows.length_chunks(lengths, batch_rows.live_rows(batch["loss_mask"]), size):
                     logprobs = self._logprobs(self.model, batch_rows.select_rows(batch, rows))
                     old[torch.tensor(rows, device=old.device)] = logprobs.to(old.dtype)
             return old
@@ -366,7 +367,12 @@ def trainer_class() -> type:
             # runs one through the model, so its loss is a zero with every parameter in the graph.
             live = batch_rows.live_rows(inputs["loss_mask"]) or [0]
             picked = inputs if len(live) == rows else batch_rows.select_rows(inputs, live)
-            logprobs = self._logprobs(model, picked)
+            size = self.job.rollouts_per_forward or len(live)
+            if size >= len(live):
+                logprobs = self._logprobs(model, picked)
+            else:  # several forwards, each as wide as its own rollouts; one graph, one backward
+                chunks = [list(range(start, min(start + size, len(live)))) for start in range(0, len(live), size)]
+                logprobs = torch.cat([self._logprobs(model, batch_rows.select_rows(picked, chunk)) for chunk in chunks])
             old = picked.get("old_per_token_logps")
             old = logprobs.detach() if old is None else old
             if self.job.loss_aggregation == masking.ROLLOUT_TOKEN_MEAN:

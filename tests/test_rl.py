@@ -407,6 +407,30 @@ def test_sampled_logprobs_equal_the_training_forwards_on_a_multi_turn_multi_imag
     assert compared >= 8 and worst < 1e-4, worst
 
 
+@slow
+def test_old_logprobs_from_the_rollout_are_the_recompute_without_its_forward(tiny_dir: Path, samples: list[Sample], tmp_path: Path) -> None:
+    from mini_o3.train.rl import build_trainer
+
+    # Two mini-batches per RL step, so old log-probs are needed; the trainer's own model samples.
+    config = job(tiny_dir, tmp_path / "out", dynamic_sampling=False, overturn_mask=False, mini_batch_prompts=1, micro_batch_size=2,
+                 max_new_tokens=12, old_logprobs="rollout")
+    trainer = build_trainer(config, samples)
+    trainer.model.eval()
+    batch = trainer._generate_and_score_completions(rows(trainer, [0, 2]))
+    with torch.no_grad():
+        recomputed = trainer._old_logprobs(batch)
+    trainer.close()
+    live = batch["loss_mask"] > 0
+    assert live.any()
+    gap = float((batch["old_per_token_logps"] - recomputed)[live].abs().max())
+    # Recomputing is deterministic; the sampled values differ from it by float noise only (batched,
+    # cached decoding against one forward), so a nonzero gap shows they came from the sampling.
+    assert 0 < gap < 1e-4, gap
+    for bad in (dict(use_vllm=True), dict(temperature=0.7), dict(old_logprobs="sampled")):
+        with pytest.raises(ValueError, match="old_logprobs"):
+            job(tiny_dir, tmp_path / "x", **{"old_logprobs": "rollout", **bad}).validate()
+
+
 # ---------------------------------------------------------------- failures, void turns, placeholders
 
 

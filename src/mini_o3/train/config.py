@@ -100,6 +100,13 @@ class RLJobConfig:
     """Rollouts per question, the GRPO group (the paper: 16)."""
     micro_batch_size: int = 4
     """Rollouts per forward/backward pass on one device (memory, not maths)."""
+    old_logprobs: str = "recompute"
+    """Where the PPO ratio's old log-probs come from when one RL step takes several optimizer steps:
+    "recompute" (the release: one forward of the actor over the step's rollouts before the first
+    update; verl/workers/fsdp_workers.py:683-692 at 8654dbf) or "rollout" (the log-probs the local
+    engine recorded while sampling: the same weights and numbers, without that forward; needs the
+    transformers policy, not vLLM, and temperature 1, where sampling and training read the same
+    distribution). A rollout without recorded log-probs is recomputed either way."""
     rollouts_per_forward: int = 0
     """Rollouts per model forward inside a micro-batch (speed, not maths); 0: the whole micro-batch.
     1 runs each rollout at its own length, unpadded, so attention takes SDPA's causal kernel
@@ -226,6 +233,14 @@ class RLJobConfig:
             raise ValueError(
                 f"mini_batch_prompts x num_generations ({rollouts}) must be a multiple of micro_batch_size x processes "
                 f"({self.micro_batch_size} x {num_processes})"
+            )
+        if self.old_logprobs not in ("recompute", "rollout"):
+            raise ValueError(f"old_logprobs must be recompute or rollout, got {self.old_logprobs!r}")
+        if self.old_logprobs == "rollout" and (self.use_vllm or self.temperature != 1.0):
+            raise ValueError(
+                "old_logprobs: rollout needs the transformers policy at temperature 1 (the log-probs vLLM or another "
+                f"temperature records are not the training forward's); got use_vllm={self.use_vllm}, temperature={self.temperature}. "
+                "Use old_logprobs: recompute"
             )
         if self.rollouts_per_forward < 0:
             raise ValueError(f"rollouts_per_forward must be 0 (the whole micro-batch) or more, got {self.rollouts_per_forward}")

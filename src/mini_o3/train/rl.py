@@ -245,7 +245,7 @@ def trainer_class() -> type:
             weights = masking.rollout_weights(statuses, self.job.overturn_mask, void, ignored)
             weights = weights * torch.tensor(group_weights).repeat_interleave(n)
             encoded = [self.encoder.encode_episode(episode) for episode in episodes]
-            batch = self._batch(encoded, advantages, weights)
+            batch = self._batch(encoded, advantages, weights, episodes)
             stats["tokens/model_per_rollout"] = sum(sum(item.assistant_mask) for item in encoded) / len(encoded)
             stats["tokens/sequence_mean"] = sum(len(item) for item in encoded) / len(encoded)
             stats["tokens/loss_tokens"] = float(batch["loss_mask"].sum())
@@ -259,7 +259,9 @@ def trainer_class() -> type:
                 self._metrics["train"][key].append(value)
             return batch
 
-        def _batch(self, encoded: list[EncodedConversation], advantages: torch.Tensor, weights: torch.Tensor) -> dict[str, Any]:
+        def _batch(
+            self, encoded: list[EncodedConversation], advantages: torch.Tensor, weights: torch.Tensor, episodes: Sequence[Any] = ()
+        ) -> dict[str, Any]:
             device = self.accelerator.device
             pad_id = self.mini_tokenizer.pad_token_id
             prompts = [torch.tensor(item.input_ids[: item.prompt_length]) for item in encoded]
@@ -290,16 +292,42 @@ def trainer_class() -> type:
             generate_every = self.args.steps_per_generation * self.num_iterations
             if self.args.gradient_accumulation_steps % generate_every != 0 or self.use_vllm:
                 # Several optimizer steps share these rollouts: freeze the log-probs they were judged by.
-                batch["old_per_token_logps"] = self._old_logprobs(batch)
+                sampled = self._sampled_logprobs(encoded, episodes, completion_ids.shape[1]) if self.job.old_logprobs == "rollout" else None
+                batch["old_per_token_logps"] = self._old_logprobs(batch, sampled)
             return batch
 
-        def _old_logprobs(self, batch: dict[str, Any]) -> torch.Tensor:
-            """Log-probs of the rollouts that carry loss, in micro-batches of similar length; masked rows get 0 (never read)."""
+        def _sampled_logprobs(self, encoded: list[EncodedConversation], episodes: Sequence[Any], width: int) -> dict[int, torch.Tensor]:
+            """Row -> the log-probs its turns recorded at sampling, on the row's completion positions (`width` wide).
+
+            A row is left out (recomputed) when a turn recorded none, or when its sampled ids are
+            not exactly the ids the model wrote in the encoded rollout.
+            """
+            found: dict[int, torch.Tensor] = {}
+            for row, (item, episode) in enumerate(zip(encoded, episodes)):
+                turns = episode.trajectory.turns
+                if any(turn.logprobs is None or len(turn.logprobs) != len(turn.token_ids) for turn in turns):
+                    continue
+                written = item.assistant_mask[item.prompt_length :]
+                positions = [position for position, flag in enumerate(written) if flag]
+                completion = item.input_ids[item.prompt_length :]
+                if [completion[position] for position in positions] != [token for turn in turns for token in turn.token_ids]:
+                    continue
+                values = torch.zeros(width, dtype=torch.float32)
+                values[torch.tensor(positions, dtype=torch.long)] = torch.tensor([value for turn in turns for value in turn.logprobs], dtype=torch.float32)
+                found[row] = values
+            return found
+
+        def _old_logprobs(self, batch: dict[str, Any], sampled: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+            """Log-probs of the rollouts that carry loss: `sampled`'s where given, else recomputed in micro-batches of similar length; masked rows get 0 (never read)."""
             old = torch.zeros(batch["completion_ids"].shape, dtype=torch.float32, device=batch["completion_ids"].device)
             lengths = (batch["prompt_mask"].sum(dim=1) + batch["completion_mask"].sum(dim=1)).tolist()
+            live = batch_rows.live_rows(batch["loss_mask"])
+            for row in [row for row in live if sampled and row in sampled]:
+                old[row] = sampled[row].to(old.device)
+            live = [row for row in live if not sampled or row not in sampled]
             with torch.no_grad():
                 size = min(self.args.per_device_train_batch_size, self.job.rollouts_per_forward or self.args.per_device_train_batch_size)
-                for rows in batch_rows.length_chunks(lengths, batch_rows.live_rows(batch["loss_mask"]), size):
+                for rows in batch_rows.length_chunks(lengths, live, size):
                     logprobs = self._logprobs(self.model, batch_rows.select_rows(batch, rows))
                     old[torch.tensor(rows, device=old.device)] = logprobs.to(old.dtype)
             return old

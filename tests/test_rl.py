@@ -4,6 +4,7 @@ the released objective over several mini-batches, sampled log-probs equal to the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import threading
@@ -269,6 +270,20 @@ def test_the_default_and_the_presets_use_the_released_objective() -> None:
         RLJobConfig(rollout_engine="cache").validate()  # before any model is loaded
 
 
+def _snapshot(trainer: Any, model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the trainer's model that runs as its own weights.
+
+    TRL patches the model's forward with a closure over the model it patched, so a plain deep copy
+    would run the original's forward outside TRL's chunked head; patch the copy afresh instead.
+    """
+    from trl.trainer.utils import add_fused_lm_head
+
+    copied = copy.deepcopy(model)
+    copied.__dict__.pop("forward", None)
+    add_fused_lm_head(copied, temperature=trainer.temperature, cast_lm_head_to_fp32=trainer.args.cast_lm_head_to_fp32, outputs=("log_probs", "entropy"))
+    return copied
+
+
 def _gradients(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
 
@@ -280,8 +295,8 @@ def test_several_optimizer_steps_per_rl_step_follow_the_objective(
 ) -> None:
     """The 7B preset's shape: more questions per RL step than per mini-batch, so old log-probs are recomputed.
 
-    With `rollouts_per_forward` 1 (the demo's), each rollout runs alone and unpadded; the
-    gradients must be those of the objective written out on whole padded micro-batches.
+    With `rollouts_per_forward` 1 and whole logits (the demo's), each rollout runs alone and
+    unpadded; the gradients must be those of the objective written out on whole padded micro-batches.
     """
     from transformers import TrainerCallback
 
@@ -290,21 +305,21 @@ def test_several_optimizer_steps_per_rl_step_follow_the_objective(
     config = job(
         tiny_dir, tmp_path / "out", prompts_per_step=8, mini_batch_prompts=1, num_generations=4, micro_batch_size=2,
         max_grad_norm=1e9, learning_rate=1e-2, concurrency=1, max_sampling_rounds=12, save_steps=100,
-        loss_aggregation=aggregation, rollouts_per_forward=per_forward,
+        loss_aggregation=aggregation, rollouts_per_forward=per_forward, chunked_logprobs=per_forward == 0,
     )
     with pytest.raises(ValueError, match="at least prompts_per_step"):
         build_trainer(config, many_samples[:7], mixed_policy(seed=11))
     trainer = build_trainer(config, many_samples, mixed_policy(seed=11))
     accumulation = trainer.args.gradient_accumulation_steps
     assert (accumulation, trainer.args.steps_per_generation, trainer.args.max_steps) == (2, 16, 8)
-    start = copy.deepcopy(trainer.model)
+    start = _snapshot(trainer, trainer.model)
     seen: list[dict[str, Any]] = []
 
     class Capture(TrainerCallback):
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             k = len(seen)
             seen.append({
-                "model": copy.deepcopy(trainer.model),  # the weights this mini-batch was evaluated at
+                "model": _snapshot(trainer, trainer.model),  # the weights this mini-batch was evaluated at
                 "gradient": _gradients(trainer.model).clone(),
                 "inputs": trainer._buffered_inputs[k * accumulation : (k + 1) * accumulation],
                 "all": list(trainer._buffered_inputs),
@@ -333,7 +348,7 @@ def test_several_optimizer_steps_per_rl_step_follow_the_objective(
     # step's mean tokens per mini-batch (DAPO, as TRL's normaliser); one PPO clip 0.2 / 0.3.
     step_tokens = sum(float(micro["loss_mask"].sum()) for micro in every) / len(seen)
     for step in seen:
-        model = copy.deepcopy(step["model"])
+        model = _snapshot(trainer, step["model"])
         model.zero_grad(set_to_none=True)
         model.train()
         rollouts = sum(len(micro["advantages"]) for micro in step["inputs"])
@@ -419,7 +434,12 @@ def test_old_logprobs_from_the_rollout_are_the_recompute_without_its_forward(tin
     batch = trainer._generate_and_score_completions(rows(trainer, [0, 2]))
     with torch.no_grad():
         recomputed = trainer._old_logprobs(batch)
+        # TRL's chunked LM head and whole logits give the same log-probs.
+        chunked = trainer._logprobs(trainer.model, batch)
+        trainer.job = dataclasses.replace(trainer.job, chunked_logprobs=False)
+        whole = trainer._logprobs(trainer.model, batch)
     trainer.close()
+    assert float((chunked - whole)[batch["completion_mask"] > 0].abs().max()) < 1e-5
     live = batch["loss_mask"] > 0
     assert live.any()
     gap = float((batch["old_per_token_logps"] - recomputed)[live].abs().max())

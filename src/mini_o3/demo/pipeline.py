@@ -409,7 +409,7 @@ def rl_job_config(config: DemoConfig, folder: Path, train: str, model: str, over
         image_min_pixels=min(config.view_pixels, 56 * 56), overturn_mask=overturn_mask, concurrency=32,
         policy_batch_size=32, save_steps=max(2, config.rl_steps // 3), seed=config.seed + repeat, freeze_vision=False,
         ignore_void=config.rl_ignore_void, ppo_epochs=config.rl_ppo_epochs, rollouts_per_forward=1,
-        old_logprobs="rollout",
+        old_logprobs="rollout", chunked_logprobs=False,
     )
 
 

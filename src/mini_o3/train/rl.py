@@ -343,17 +343,26 @@ def trainer_class() -> type:
             mm_token_type_ids = batch.get("mm_token_type_ids")
             if mm_token_type_ids is not None:
                 mm_token_type_ids = mm_token_type_ids[:, prompt_width - keep_prompt : prompt_width + keep_completion]
-            logprobs, _, _ = self._get_per_token_logps_and_entropies(
-                model,
-                input_ids,
-                attention_mask,
-                keep_completion,
-                batch_size=self.args.per_device_train_batch_size,
-                pixel_values=batch.get("pixel_values"),
-                image_grid_thw=batch.get("image_grid_thw"),
-                num_images=batch.get("num_images"),
-                mm_token_type_ids=mm_token_type_ids,
-            )
+            if self.job.chunked_logprobs:
+                logprobs, _, _ = self._get_per_token_logps_and_entropies(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    keep_completion,
+                    batch_size=self.args.per_device_train_batch_size,
+                    pixel_values=batch.get("pixel_values"),
+                    image_grid_thw=batch.get("image_grid_thw"),
+                    num_images=batch.get("num_images"),
+                    mm_token_type_ids=mm_token_type_ids,
+                )
+            else:  # the whole logits at once: (rows, completion, vocab) floats
+                with self.accelerator.autocast():
+                    logits = model(
+                        input_ids=input_ids, attention_mask=attention_mask, pixel_values=batch.get("pixel_values"),
+                        image_grid_thw=batch.get("image_grid_thw"), mm_token_type_ids=mm_token_type_ids, logits_to_keep=keep_completion + 1,
+                    ).logits[:, :-1]
+                targets = input_ids[:, -keep_completion:, None]
+                logprobs = (logits.float() / self.temperature).log_softmax(dim=-1).gather(-1, targets).squeeze(-1)
             return torch.nn.functional.pad(logprobs, (0, completion_width - keep_completion))
 
         def _save_rollouts(

@@ -310,3 +310,35 @@ def test_a_non_finite_number_alone_makes_the_episode_a_saved_error_in_strict_jso
     line = store.path.read_text(encoding="utf-8")
     record = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
     assert record["turns"][0]["logprobs"] == [-0.5, None]
+
+
+class GatedPolicy:
+    """Answers at once, except that questions in `gated` wait until a question in `opens` has been asked."""
+
+    def __init__(self, gated: set[str], opens: set[str]) -> None:
+        self.gated, self.opens = gated, opens
+        self.opened = threading.Event()
+
+    def generate(self, messages, sampling: SamplingParams) -> Generation:
+        question = messages[1]["content"][1]["text"].strip()
+        if question in self.opens:
+            self.opened.set()
+        if question in self.gated and not self.opened.wait(timeout=20):
+            raise PolicyError("the follow-up job never started")
+        return Generation("<answer>0</answer>")
+
+
+def test_follow_up_jobs_start_while_earlier_episodes_still_run(tmp_path: Path) -> None:
+    samples = make_samples(tmp_path, 3)
+    # Question 1 waits for question 2, which only the follow-up of question 0 asks: a loop that
+    # ran follow-ups after every first job finished would wait 20 s and fail question 1.
+    policy = GatedPolicy(gated={samples[1].question}, opens={samples[2].question})
+    seen = []
+
+    def follow_up(episode):
+        seen.append(episode.run)
+        return [(samples[2], 7)] if episode.run == 0 else []
+
+    episodes = list(run_episodes(policy, [(samples[0], 0), (samples[1], 1)], concurrency=4, follow_up=follow_up))
+    assert sorted(e.run for e in episodes) == [0, 1, 7] and sorted(seen) == [0, 1, 7]
+    assert all(e.trajectory.status is Status.ANSWERED for e in episodes)

@@ -347,6 +347,7 @@ def test_several_optimizer_steps_per_rl_step_follow_the_objective(
     # each rollout's token mean (a masked rollout counts as 0), or the token sum over the RL
     # step's mean tokens per mini-batch (DAPO, as TRL's normaliser); one PPO clip 0.2 / 0.3.
     step_tokens = sum(float(micro["loss_mask"].sum()) for micro in every) / len(seen)
+    compared = 0
     for step in seen:
         model = _snapshot(trainer, step["model"])
         model.zero_grad(set_to_none=True)
@@ -364,8 +365,12 @@ def test_several_optimizer_steps_per_rl_step_follow_the_objective(
                 loss = per_token.sum() / step_tokens
             loss.backward()
         expected = _gradients(model)
-        assert expected.norm() > 0
+        if expected.norm() == 0:  # nothing to train: every rollout masked, no advantage, or every ratio clipped
+            assert step["gradient"].norm() == 0
+            continue
         assert (step["gradient"] - expected).norm() / expected.norm() < 1e-4
+        compared += 1
+    assert compared >= 5
 
 
 @slow

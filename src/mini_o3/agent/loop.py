@@ -6,6 +6,7 @@ import queue
 import sys
 import threading
 import weakref
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -210,13 +211,16 @@ def run_episodes(
     concurrency: int = 8,
     count_tokens: TokenCounter | None = None,
     stop: threading.Event | None = None,
+    follow_up: Callable[[Episode], Iterable[tuple[Sample, int]]] | None = None,
 ) -> Iterator[Episode]:
     """Run (sample, run) jobs with up to `concurrency` episodes in flight; yield each as it finishes.
 
     Each episode runs in its own thread and calls the policy one turn at a time: HTTP policies
     overlap requests, and batching policies gather the concurrent calls into one generate.
     Jobs are pulled lazily, so a long job list costs no memory up front. Episodes of the same
-    image share its decoded original.
+    image share its decoded original. `follow_up`, when given, sees each finished episode
+    before it is yielded; the jobs it returns start next, ahead of the rest of `jobs` (RL's
+    dynamic sampling replaces a rejected group the moment it finishes).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -226,17 +230,21 @@ def run_episodes(
     in_flight = 0
     job_iter = iter(jobs)
     exhausted = False
+    follow_ups: deque[tuple[Sample, int]] = deque()
     cancel = threading.Event()
     originals = SharedOriginals(config.pixel_limit)
 
     def refill() -> None:
         nonlocal exhausted, in_flight
-        while not exhausted and in_flight < concurrency and not (stop and stop.is_set()):
-            try:
-                sample, run = next(job_iter)
-            except StopIteration:
-                exhausted = True
-                return
+        while (follow_ups or not exhausted) and in_flight < concurrency and not (stop and stop.is_set()):
+            if follow_ups:
+                sample, run = follow_ups.popleft()
+            else:
+                try:
+                    sample, run = next(job_iter)
+                except StopIteration:
+                    exhausted = True
+                    return
             future = pool.submit(run_episode, policy, sample, config, count_tokens, None, run, cancel, originals)
             in_flight += 1
             future.add_done_callback(finished.put)
@@ -250,9 +258,12 @@ def run_episodes(
         while in_flight:
             future = finished.get()
             in_flight -= 1
+            episode = future.result()
+            if follow_up is not None:
+                follow_ups.extend(follow_up(episode))
             # Start a replacement before the caller handles the finished one, so slots never idle.
             refill()
-            yield future.result()
+            yield episode
     finally:
         # A consumer that stops early (Ctrl-C, a closed generator) must not wait for every
         # episode in flight: they end after their current turn.

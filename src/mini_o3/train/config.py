@@ -154,7 +154,9 @@ class RLJobConfig:
     uniform_std: float = 1e-4
     """Groups with a reward std below this count as uniform."""
     max_sampling_rounds: int = 4
-    """Rounds of sampling per RL step before giving up on refilling (missing groups are left out)."""
+    """Groups each slot of an RL step may roll out before giving up on refilling it (the slot is then
+    filled with a rejected group, with no loss). A rejected group is replaced as soon as it finishes
+    (`train.refill`)."""
     max_turns: int = 6
     """Assistant turns per rollout in training (the paper: 6)."""
     max_images: int | None = 12

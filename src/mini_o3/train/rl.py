@@ -46,12 +46,12 @@ from typing import Any, Iterator, Sequence
 import torch
 from rich.console import Console
 
-from mini_o3.agent.loop import Episode, run_episodes
+from mini_o3.agent.loop import run_episodes
 from mini_o3.agent.sample import Sample
 from mini_o3.agent.policy import Policy
 from mini_o3.models.families import backbone_of
 from mini_o3.policies.seeded import SeededPolicy, turn_seed
-from mini_o3.train import batch_rows, masking
+from mini_o3.train import batch_rows, masking, refill
 from mini_o3.train.config import RLJobConfig, config_json, require_backends
 from mini_o3.train.console import LIBRARY_LOG, Figure, library_noise_to, show_progress
 from mini_o3.train.progress import JsonlLogCallback, SaveImageProcessorCallback, plot_learning_curve, trim_jsonl
@@ -153,70 +153,59 @@ def trainer_class() -> type:
                     if was_training:
                         self.model.train()
 
-        def _rollout(self, policy: Policy, indices: Sequence[int]) -> list[RolloutGroup]:
-            """Run n episodes for each question index; return the scored groups in order."""
-            n = self.num_generations
-            jobs = [(self.samples[index], group * n + run) for group, index in enumerate(indices) for run in range(n)]
-            slots: list[list[Episode | None]] = [[None] * n for _ in indices]
-            for episode in run_episodes(policy, jobs, self.episode_config, concurrency=self.job.concurrency):
-                slots[episode.run // n][episode.run % n] = episode
-            groups = []
-            for index, episodes in zip(indices, slots):
-                done = [episode for episode in episodes if episode is not None]
-                groups.append(RolloutGroup(index, done, [self.rewarder(episode.trajectory) for episode in done]))
-            return groups
+        def _judge(self, group: RolloutGroup) -> str:
+            """Whether a finished group joins the batch (KEEP), fills a slot only (SPARE, FAILED) or is of no use (UNUSABLE)."""
+            if not group.usable:
+                return refill.UNUSABLE
+            if self.job.drop_failed_groups and group.failed:
+                return refill.FAILED
+            if self.job.dynamic_sampling and not masking.keep_groups(torch.tensor([group.scores]), self.job.uniform_std):
+                return refill.SPARE
+            return refill.KEEP
 
         def _sample_step(self, indices: list[int]) -> tuple[list[RolloutGroup], list[float], list[RolloutGroup], dict[str, float]]:
-            """Roll out, drop failed and uniform groups and refill until `len(indices)` groups are kept (or rounds run out).
+            """Roll out a group per slot, replacing each failed or uniform one as soon as it finishes (`train.refill`).
 
             Returns the batch's groups, each group's weight (0 for a uniform or failed group that
             only fills a slot), the sampled groups left out, and the step's rollout figures.
             """
-            needed = len(indices)
-            rng = random.Random(f"{self.args.seed}/{self.state.global_step}/{self.accelerator.process_index}")
-            kept: list[RolloutGroup] = []
-            spare: list[RolloutGroup] = []
-            failed: list[RolloutGroup] = []
-            sampled: list[RolloutGroup] = []
-            rounds = 0
-            pending = list(indices)
+            needed, n = len(indices), self.num_generations
+            where = f"{self.args.seed}/{self.state.global_step}/{self.accelerator.process_index}"
+            streams = [random.Random(f"{where}/slot{slot}") for slot in range(needed)]
+            chains = refill.RefillChains(
+                indices, n, self.job.max_sampling_rounds, draw=lambda slot: streams[slot].randrange(len(self.samples)),
+                score=lambda episode: self.rewarder(episode.trajectory), judge=self._judge,
+            )
+
+            def jobs(pairs: list[tuple[int, int]]) -> list[tuple[Sample, int]]:
+                return [(self.samples[index], run) for index, run in pairs]
+
             with self._policy() as policy:
-                guarded = PlaceholderGuard(policy, self.placeholder_ids)
-                while pending:
-                    rounds += 1
-                    # Every turn samples with a seed drawn from (run seed, step, process, round), so
-                    # a rerun of the same job with the same weights rolls out the same episodes.
-                    stream = f"rl/step{self.state.global_step}/process{self.accelerator.process_index}/round{rounds}"
-                    groups = self._rollout(SeededPolicy(guarded, turn_seed(self.args.seed, stream, 0, 0)), pending)
-                    sampled += groups
-                    usable = [group for group in groups if group.usable]
-                    if self.job.drop_failed_groups:
-                        failed += [group for group in usable if group.failed]
-                        usable = [group for group in usable if not group.failed]
-                    if self.job.dynamic_sampling:
-                        keep = set(masking.keep_groups(torch.tensor([group.scores for group in usable]), self.job.uniform_std)) if usable else set()
-                        kept += [group for i, group in enumerate(usable) if i in keep]
-                        spare += [group for i, group in enumerate(usable) if i not in keep]
-                    else:
-                        kept += usable
-                    missing = needed - len(kept)
-                    if missing <= 0 or rounds >= self.job.max_sampling_rounds:
-                        break
-                    pending = [rng.randrange(len(self.samples)) for _ in range(missing)]
-            kept = kept[:needed]
+                # Every turn samples with a seed drawn from (run seed, step, process) and its
+                # episode's run number, which encodes (attempt, slot, rollout): a rerun of the
+                # same job with the same weights rolls out the same episodes.
+                stream = f"rl/step{self.state.global_step}/process{self.accelerator.process_index}/round1"
+                seeded = SeededPolicy(PlaceholderGuard(policy, self.placeholder_ids), turn_seed(self.args.seed, stream, 0, 0))
+                for _ in run_episodes(seeded, jobs(chains.first_jobs()), self.episode_config, concurrency=self.job.concurrency,
+                                      follow_up=lambda episode: jobs(chains.finished(episode))):
+                    pass
+            sampled = chains.sampled()
+            kept = [chains.kept[slot] for slot in sorted(chains.kept)]
+            rejected = [chains.rejected[place] for place in sorted(chains.rejected)]
+            failed = [group for verdict, group in rejected if verdict == refill.FAILED]
             weights = [1.0] * len(kept)
             fill = needed - len(kept)
             if fill > 0:
-                fillers = spare + failed
+                fillers = [group for verdict, group in rejected if verdict == refill.SPARE] + failed
                 if len(fillers) < fill:
                     raise RuntimeError(
-                        f"{fill} of {needed} rollout groups could not be filled in {rounds} sampling rounds: episodes failed "
+                        f"{fill} of {needed} rollout groups could not be filled in {chains.rounds()} sampling rounds: episodes failed "
                         "to show their image or to run (check the dataset's image paths and the policy)"
                     )
                 # Shapes stay fixed; these groups carry no loss (zero mask), as if left out.
                 kept += fillers[:fill]
                 weights += [0.0] * fill
-            stats = rollout_stats(sampled, len(kept) - fill, fill, rounds, self.job.max_turns, len(failed))
+            stats = rollout_stats(sampled, len(kept) - fill, fill, chains.rounds(), self.job.max_turns, len(failed))
             if self.rewarder.judge is not None:
                 stats["judge_failures"] = float(self.rewarder.judge_failures)
             in_batch = {id(group) for group in kept}

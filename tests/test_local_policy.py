@@ -409,31 +409,3 @@ def test_image_keys_tell_pixels_apart_and_survive_a_new_object() -> None:
     changed.putpixel((55, 55), (10, 20, 31))  # the last patch, one channel, one step
     keys = [encoder._image_features(image)[2] for image in (picture, picture.copy(), changed)]
     assert keys[0] == keys[1] and keys[0] != keys[2]
-
-
-@pytest.mark.parametrize("stop", ["</grounding>", "»stop«"])
-def test_stop_checks_skipping_tokens_that_cannot_end_a_stop_agree_with_decoding_every_tail(stop: str) -> None:
-    import random
-
-    from mini_o3.models.tiny import build_image_processor, build_tokenizer
-    from mini_o3.policies.cached_engine import stop_reason
-    from mini_o3.policies.local import PromptEncoder
-
-    encoder = PromptEncoder(build_tokenizer(), build_image_processor())
-    sampling = SamplingParams(max_new_tokens=10**6, stop=[stop])
-    pieces = encoder.encode_text('<think>zoom in</think><grounding>{"bbox_2d": [0.1, 0.2, 0.5, 0.6]}</grounding> »stop« done')
-    texts: dict[int, str] = {}
-    token_text = lambda token: texts.setdefault(token, encoder.decode([token], skip_special_tokens=False))  # noqa: E731
-
-    def first_stop(ids: list[int], **text: object) -> int | None:
-        """Where a turn sampling `ids` one by one stops (the check runs after every token)."""
-        return next((end for end in range(1, len(ids) + 1) if stop_reason(ids[:end], sampling, set(), encoder.decode, **text) == "stop"), None)
-
-    rng = random.Random(0)
-    stopped = 0
-    for _ in range(300):
-        ids = [rng.choice(pieces) for _ in range(rng.randint(1, 6))] + pieces[: rng.randint(1, len(pieces))]
-        plain = first_stop(ids)
-        assert first_stop(ids, token_text=token_text) == plain
-        stopped += plain is not None
-    assert stopped > 5

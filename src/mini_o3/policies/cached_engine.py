@@ -194,9 +194,6 @@ class CachedEngine:
         """Prompt tokens whose keys and values came from the cache instead."""
         self.decode_steps = 0
         """Forwards of one token per row."""
-        self.boolean_mask = getattr(text, "_attn_implementation", None) == "sdpa"
-        """SDPA takes the visibility mask as booleans as it is; other attentions add a float mask."""
-        self._texts: dict[int, str] = {}
 
     # ------------------------------------------------------------ the loop
 
@@ -439,10 +436,7 @@ class CachedEngine:
         visible = torch.tensor(starts, device=device)[:, None] + torch.arange(width, device=device)[None] + 1
         allowed = keys[None, None, :] < visible[:, :, None]
         dtype = self.cache.dtype
-        if self.boolean_mask:
-            mask = allowed[:, None]
-        else:
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
         inputs: dict[str, Any] = {}
         if pixel_values is not None:
             inputs["pixel_values"] = pixel_values.to(device, dtype)
@@ -477,19 +471,12 @@ class CachedEngine:
         """Hand back the rows whose turn ended (end token, stop string or token limit)."""
         policy = self.policy
         for row in candidates:
-            reason = stop_reason(row.token_ids, row.request.sampling, policy.end_ids, policy.encoder.decode, self._token_text)
+            reason = stop_reason(row.token_ids, row.request.sampling, policy.end_ids, policy.encoder.decode)
             if reason is None:
                 continue
             del rows[row.slot]
             self.slots[row.slot].busy = False
             row.request.future.set_result(policy._result(row.request, row.token_ids, row.logprobs, reason, row.peak_batch))
-
-    def _token_text(self, token: int) -> str:
-        """A token's own text, special tokens included (cached: the vocabulary is fixed)."""
-        text = self._texts.get(token)
-        if text is None:
-            text = self._texts[token] = self.policy.encoder.decode([token], skip_special_tokens=False)
-        return text
 
     def _weights_version(self) -> int:
         return sum(parameter._version for parameter in self.model.parameters())
@@ -526,27 +513,18 @@ def shared_prefix(ids: list[int], image_key: Callable[[int], bytes], prompt: Any
     return shared
 
 
-def stop_reason(
-    token_ids: list[int], sampling: Any, end_ids: set[int], decode: Callable[..., str], token_text: Callable[[int], str] | None = None
-) -> str | None:
-    """Why a turn whose sampled ids are `token_ids` ends now: "end", "stop", "length", or None to go on.
-
-    `token_text` (a token's own text, cached by the caller) lets a token that cannot complete a
-    stop string skip decoding the tail: one whose text lacks every stop's last character, when
-    that character is ASCII (a byte no other character's encoding contains).
-    """
+def stop_reason(token_ids: list[int], sampling: Any, end_ids: set[int], decode: Callable[..., str]) -> str | None:
+    """Why a turn whose sampled ids are `token_ids` ends now: "end", "stop", "length", or None to go on."""
     if token_ids[-1] in end_ids:
         return "end"
     stops = [stop for stop in sampling.stop if stop]
     if stops:
-        finals = {stop[-1] for stop in stops}
-        if token_text is None or not all(final.isascii() for final in finals) or any(final in token_text(token_ids[-1]) for final in finals):
-            # Each token holds at least one byte, so a stop string completed by the newest token lies
-            # within its byte length in tokens; earlier occurrences would have stopped earlier.
-            window = min(len(token_ids), max(len(stop.encode("utf-8")) for stop in stops) + 1)
-            tail = decode(token_ids[-window:], skip_special_tokens=False)
-            if any(stop in tail for stop in stops):
-                return "stop"
+        # Each token holds at least one byte, so a stop string completed by the newest token lies
+        # within its byte length in tokens; earlier occurrences would have stopped earlier.
+        window = min(len(token_ids), max(len(stop.encode("utf-8")) for stop in stops) + 1)
+        tail = decode(token_ids[-window:], skip_special_tokens=False)
+        if any(stop in tail for stop in stops):
+            return "stop"
     if len(token_ids) >= sampling.max_new_tokens:
         return "length"
     return None

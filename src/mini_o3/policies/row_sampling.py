@@ -37,18 +37,12 @@ def choose_tokens(
     logprobs = torch.log_softmax(raw, dim=-1)
     masked = raw.clone()
     masked[:, list(suppressed)] = float("-inf")
+    chosen = masked.argmax(dim=-1)
     sampled = [row for row, temperature in enumerate(temperatures) if temperature > 0]
-    every = len(sampled) == len(temperatures)
-    # Argmax only for greedy rows; every row sampled at temperature 1 skips the copy and the division.
-    chosen = torch.zeros(len(temperatures), dtype=torch.long) if every else masked.argmax(dim=-1)
     if sampled:
         index = torch.tensor(sampled)
-        row_logits = masked if every else masked[index]
-        if all(temperatures[row] == 1.0 for row in sampled):
-            probs = torch.softmax(row_logits, dim=-1)
-        else:
-            scale = torch.tensor([temperatures[row] for row in sampled], dtype=torch.float32)[:, None]
-            probs = torch.softmax(row_logits / scale, dim=-1)
+        scale = torch.tensor([temperatures[row] for row in sampled], dtype=torch.float32)[:, None]
+        probs = torch.softmax(masked[index] / scale, dim=-1)
         cut = [position for position, row in enumerate(sampled) if top_ps[row] < 1.0]
         if cut:
             rows = torch.tensor(cut)

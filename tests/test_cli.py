@@ -229,6 +229,13 @@ def test_collect_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
         assert result.exit_code == 2 and "Traceback" not in result.output and words in result.output, result.output
 
 
+def test_rl_settings_that_do_not_fit_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    for sets, words in ((["temperature=0.7"], "old_logprobs: rollout needs"), (["micro_batch_size=3"], "micro_batch_size")):
+        args = ["rl", "--data", "synthetic:x", "--model-path", str(tmp_path / "m"), "--out", str(tmp_path / "o")]
+        result = CliRunner().invoke(app, args + [item for entry in sets for item in ("--set", entry)])
+        assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output, result.output
+
+
 @pytest.mark.parametrize(
     "args, words",
     [

@@ -472,6 +472,10 @@ def rl(
         console.print(f"from {model_path}/mini_o3_episode.json: {taken} (--set overrides any)")
         overrides = {**taken, **overrides}
     job = with_overrides(load_preset(config).rl, data=data, model_path=model_path, output_dir=out, **overrides)
+    try:
+        job.validate()  # settings that do not fit together, named, before any model loads
+    except ValueError as error:
+        fail(f"{error} (preset {config}, --set to change)")
     with input_errors_as_one_line():
         final = run_rl(job)
     console.print(f"RL model: {final}")

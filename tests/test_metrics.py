@@ -22,12 +22,12 @@ from mini_o3.eval.metrics import (
     pass_at_k,
     percentile,
     status_counts,
-    summarize,
     truncate_trajectory,
     turn_stats,
 )
 from mini_o3.agent.policy import Generation
 from mini_o3.eval.scoring import Score, score_trajectory
+from mini_o3.eval.summary import summarize
 from mini_o3.agent.trajectory import Status, Trajectory
 
 

@@ -31,7 +31,7 @@ RUN_DIR/
                                    (appended as episodes finish; rewritten to exactly the run's episodes at the end)
   judge_cache.jsonl                judge verdicts keyed by a hash of (rubric, model, question, truth, answer)
   skipped.txt                      bad data records skipped at load time (skip_bad), one reason a line
-  metrics.json                     the protocol card and mini_o3.eval.metrics.summarize over the run's episodes
+  metrics.json                     the protocol card and mini_o3.eval.summary.summarize over the run's episodes
   index.html                       the report: metrics tables, plots, trajectory viewer (mini_o3.eval.report)
   report/                          the plots (accuracy_by_budget.png, turn_histogram.png, accuracy_by_tokens.png) and boxes/<episode>.jpg
 """

@@ -141,13 +141,13 @@ def summarize_run(
     max_turns: int,
     card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """mini_o3.eval.metrics.summarize over a run's episodes, with the run's protocol card, written to metrics.json."""
-    from mini_o3.eval import metrics
+    """mini_o3.eval.summary.summarize over a run's episodes, with the run's protocol card, written to metrics.json."""
+    from mini_o3.eval.summary import summarize
 
     # An image that cannot be decoded says nothing about the model: left out, and listed apart.
     unreadable = {key: t for key, t in trajectories.items() if t.error_kind == "image"}
     readable = {key: t for key, t in trajectories.items() if key not in unreadable}
-    summary = {"protocol": card or {}, **metrics.summarize(episode_results(readable, records), max_turns)}
+    summary = {"protocol": card or {}, **summarize(episode_results(readable, records), max_turns)}
     ids = sorted({t.sample_id for t in unreadable.values()})
     summary["unreadable_images"] = {"episodes": len(unreadable), "samples": len(ids), "ids": ids[:100]}
     write_json(Path(run_dir) / METRICS_FILE, summary)

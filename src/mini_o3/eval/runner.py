@@ -9,7 +9,7 @@ being saved): running the same command again repairs a torn last line, skips eve
 ended in `error` (a dead server, an unreadable image) are kept and counted; `retry_errors`
 runs them again. When a judge is configured it runs after the episodes, over the finished
 results, with a disk cache, and `rescore(run_dir, judge=...)` re-scores a finished run
-without calling the model again. Metrics come from `mini_o3.eval.metrics.summarize`.
+without calling the model again. Metrics come from `mini_o3.eval.summary.summarize`.
 
 Where each part lives (every name below is re-exported here, so `from mini_o3.eval.runner import ...`
 works as before):
@@ -190,7 +190,7 @@ class EvalResult:
 
     run_dir: Path
     metrics: dict[str, Any]
-    """metrics.json: mini_o3.eval.metrics.summarize over every episode of the run."""
+    """metrics.json: mini_o3.eval.summary.summarize over every episode of the run."""
     episodes: int
     """Episodes the run holds (questions x K)."""
     ran: int

@@ -7,12 +7,10 @@ with --rl-steps k (constant learning rate, seeded sampling). Prints one STEP lin
 OUT/curve.json. docs/results.md lists the runs made with it.
 """
 import json, sys, time
-from dataclasses import replace
 from pathlib import Path
 from mini_o3.demo import pipeline as p
 from mini_o3.train import rl
-from mini_o3.train.config import with_overrides, RLJobConfig
-from dataclasses import fields
+from mini_o3.train.config import override_value, with_overrides
 if len(sys.argv) < 5:
     raise SystemExit(__doc__)
 run, out, steps, every = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -21,11 +19,7 @@ cfg = json.loads((run / "demo_config.json").read_text())
 config = p.DemoConfig(**{k: v for k, v in cfg.items() if k in p.DemoConfig.__dataclass_fields__})
 data = json.loads((run / "data" / "stage.json").read_text())["result"]
 model = json.loads((run / "sft" / "stage.json").read_text())["result"]["model"]
-ftypes = {f.name: f.type for f in fields(RLJobConfig)}
-def conv(k, v):
-    t = str(ftypes[k]).replace(" | None", "")
-    return {"int": int, "float": float, "bool": lambda x: x in ("1", "true", "True"), "str": str}.get(t, str)(v)
-job = with_overrides(p.rl_job_config(config, out, data["train"], model, True), steps=steps, save_steps=every, save_total_limit=None, **{k: conv(k, v) for k, v in kv.items()})
+job = with_overrides(p.rl_job_config(config, out, data["train"], model, True), steps=steps, save_steps=every, save_total_limit=None, **{k: override_value(v) for k, v in kv.items()})
 t0 = time.time()
 if not (out / "train" / "final").exists():
     rl.run_rl(job)

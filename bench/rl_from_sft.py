@@ -8,10 +8,10 @@ eval_seed=S, skip_rl=1 (evaluate the SFT model), adv=pos (diagnostic: negative a
 docs/results.md lists the runs made with it.
 """
 import json, sys, time, os
-from dataclasses import replace, asdict, fields
+from dataclasses import replace, asdict
 from pathlib import Path
 from mini_o3.demo import pipeline as p
-from mini_o3.train.config import RLJobConfig
+from mini_o3.train.config import RLJobConfig, override_value
 from mini_o3.train.rl import run_rl
 from mini_o3.data.synth_loading import load_synthetic
 
@@ -50,17 +50,13 @@ def depth(s):
 if levels_mode == "easy": samples = [s for s in samples if depth(s) <= 3]
 elif levels_mode == "easymed": samples = [s for s in samples if depth(s) + 1 <= 6]
 if limit_q: samples = samples[:limit_q]
-ftypes = {f.name: f.type for f in fields(RLJobConfig)}
-def conv(k, v):
-    t = str(ftypes[k]).replace(" | None", "")
-    return {"int": int, "float": float, "bool": lambda x: x in ("1", "true", "True"), "str": str}.get(t, str)(v)
 base = dict(
     data=f"synthetic:{data['train']}", model_path=model, output_dir=str(out / "rl"), steps=config.rl_steps,
     prompts_per_step=8, mini_batch_prompts=8, num_generations=8, learning_rate=5e-5, max_turns=6,
     max_images=12, max_new_tokens=160, image_max_pixels=config.view_pixels, image_min_pixels=min(config.view_pixels, 56 * 56),
     overturn_mask=True, concurrency=32, policy_batch_size=32, save_steps=100, seed=0, freeze_vision=False,
 )
-base.update({k: conv(k, v) for k, v in kv.items()})
+base.update({k: override_value(v) for k, v in kv.items()})
 job = RLJobConfig(**base)
 out.mkdir(parents=True, exist_ok=True)
 (out / "lab.json").write_text(json.dumps({"argv": sys.argv, "levels": levels_mode, "n_train": len(samples)}, indent=1))

@@ -411,15 +411,14 @@ def collect(
 
 
 def _job_overrides(pairs: list[str]) -> dict[str, object]:
+    from mini_o3.train.config import override_value
+
     overrides: dict[str, object] = {}
     for pair in pairs:
         if "=" not in pair:
             raise typer.BadParameter(f"--set takes FIELD=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
+        overrides[key.strip()] = override_value(value)
     return overrides
 
 

@@ -332,6 +332,14 @@ def _build(cls: type, values: dict[str, Any], path: Path, section: str) -> Any:
     return cls(**values)
 
 
+def override_value(text: str) -> Any:
+    """A `--set FIELD=VALUE` value as JSON when it parses (numbers, true/false, null, lists), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def with_overrides(config: Any, **overrides: Any) -> Any:
     """A copy of `config` with the given fields replaced; None is a value (`--set deepspeed=null` turns DeepSpeed off)."""
     names = {item.name for item in dataclasses.fields(config)}

@@ -87,16 +87,13 @@ class RefillChains:
 
     def sampled(self) -> list[RolloutGroup]:
         """Every finished group, by attempt then slot (the order a rerun gives)."""
-        by_place = {(self._attempt_of(slot), slot): group for slot, group in self.kept.items()}
+        by_place = {(self.attempts[slot], slot): group for slot, group in self.kept.items()}  # a kept group is its slot's last
         by_place.update({place: group for place, (_, group) in self.rejected.items()})
         return [by_place[place] for place in sorted(by_place)]
 
     def rounds(self) -> int:
         """The most groups any slot rolled out."""
         return max(self.attempts.values(), default=0)
-
-    def _attempt_of(self, slot: int) -> int:
-        return self.attempts[slot]  # a kept group is its slot's last
 
     def _start(self, slot: int, index: int) -> list[tuple[int, int]]:
         attempt = self.attempts.get(slot, 0) + 1

@@ -310,10 +310,12 @@ def trainer_class() -> type:
             """Log-probs of the rollouts that carry loss: `sampled`'s where given, else recomputed in micro-batches of similar length; masked rows get 0 (never read)."""
             old = torch.zeros(batch["completion_ids"].shape, dtype=torch.float32, device=batch["completion_ids"].device)
             lengths = (batch["prompt_mask"].sum(dim=1) + batch["completion_mask"].sum(dim=1)).tolist()
+            sampled = sampled or {}
             live = batch_rows.live_rows(batch["loss_mask"])
-            for row in [row for row in live if sampled and row in sampled]:
-                old[row] = sampled[row].to(old.device)
-            live = [row for row in live if not sampled or row not in sampled]
+            for row in live:
+                if row in sampled:
+                    old[row] = sampled[row].to(old.device)
+            live = [row for row in live if row not in sampled]
             with torch.no_grad():
                 size = min(self.args.per_device_train_batch_size, self.job.rollouts_per_forward or self.args.per_device_train_batch_size)
                 for rows in batch_rows.length_chunks(lengths, live, size):
